@@ -1,0 +1,10 @@
+"""optsample: diffusion sampling as optimization.
+
+``d = (x - D(x, sigma)) / sigma`` is a gradient and the sigma schedule is a learning-rate schedule;
+classic samplers and optimizer-inspired update rules run side by side on the same models.
+"""
+
+from .samplers import available, get, initial_noise, sample
+
+__version__ = "0.1.0"
+__all__ = ["available", "get", "initial_noise", "sample", "__version__"]

@@ -1,0 +1,122 @@
+"""Wrappers that put networks with other parameterisations into the denoiser convention.
+
+A discrete VP (DDPM-style) network sees ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` at integer
+timestep t. Dividing by sqrt(abar_t) gives the VE form ``x = x0 + sigma eps`` with
+``sigma_t = sqrt((1 - abar_t) / abar_t)`` (Karras et al. 2022, Table 1; k-diffusion ``external.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def _expand(v: torch.Tensor, ndim: int) -> torch.Tensor:
+    return v.reshape(v.shape + (1,) * (ndim - v.ndim))
+
+
+class DiscreteSchedule(torch.nn.Module):
+    """sigma <-> t for a discrete VP schedule, by linear interpolation of log sigma.
+
+    The same interpolation as k-diffusion's ``DiscreteSchedule`` and diffusers' ``_sigma_to_t``, so a
+    sigma between two table entries maps to a fractional timestep.
+    """
+
+    def __init__(self, alphas_cumprod, quantize: bool = False):
+        super().__init__()
+        alphas_cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+        if alphas_cumprod.ndim != 1 or not bool(((alphas_cumprod > 0) & (alphas_cumprod <= 1)).all()):
+            raise ValueError("alphas_cumprod must be a 1-D array of values in (0, 1]")
+        sigmas = ((1 - alphas_cumprod) / alphas_cumprod).sqrt()
+        self.register_buffer("alphas_cumprod", alphas_cumprod, persistent=False)
+        self.register_buffer("sigmas", sigmas, persistent=False)
+        self.register_buffer("log_sigmas", sigmas.log(), persistent=False)
+        self.quantize = quantize
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.sigmas[0])
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.sigmas[-1])
+
+    def sigma_to_t(self, sigma: torch.Tensor, quantize: bool | None = None) -> torch.Tensor:
+        """Fractional timestep of each sigma (nearest integer with ``quantize``)."""
+        quantize = self.quantize if quantize is None else quantize
+        log_sigmas = self.log_sigmas.to(sigma.device)
+        log_sigma = sigma.to(log_sigmas.dtype).log()
+        dists = log_sigma - log_sigmas[:, None]
+        if quantize:
+            return dists.abs().argmin(dim=0).view(sigma.shape).to(sigma.dtype)
+        low_idx = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=log_sigmas.shape[0] - 2)
+        high_idx = low_idx + 1
+        low, high = log_sigmas[low_idx], log_sigmas[high_idx]
+        w = ((low - log_sigma) / (low - high)).clamp(0, 1)
+        return ((1 - w) * low_idx + w * high_idx).view(sigma.shape).to(sigma.dtype)
+
+    def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        """sigma at a (fractional) timestep: log sigma interpolated between the neighbouring entries."""
+        log_sigmas = self.log_sigmas.to(t.device)
+        t = t.to(log_sigmas.dtype)
+        low_idx, high_idx, w = t.floor().long(), t.ceil().long(), t.frac()
+        log_sigma = (1 - w) * log_sigmas[low_idx] + w * log_sigmas[high_idx]
+        return log_sigma.exp()
+
+
+class DiscreteVPDenoiser(DiscreteSchedule):
+    """A discrete-time VP network ``net(x_t, t, **extra)`` predicting eps, v or x0, as a denoiser.
+
+    With sigma_data = 1 the network input is x_t = x * c_in, c_in = 1 / sqrt(sigma^2 + 1), and
+    - epsilon:      D = x - sigma * eps_hat
+    - v_prediction: D = x / (sigma^2 + 1) - sigma / sqrt(sigma^2 + 1) * v_hat
+    - sample:       D = x0_hat
+    (k-diffusion ``DiscreteEpsDDPMDenoiser`` / ``DiscreteVDDPMDenoiser``; Salimans & Ho 2022, eq. 9 for v).
+    """
+
+    def __init__(self, net, alphas_cumprod, prediction_type: str = "epsilon", quantize: bool = False):
+        super().__init__(alphas_cumprod, quantize)
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type {prediction_type!r} is not one of {list(PREDICTION_TYPES)}")
+        self.net = net
+        self.prediction_type = prediction_type
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor, **extra) -> torch.Tensor:
+        sigma_b = _expand(sigma, x.ndim)
+        c_in = 1 / (sigma_b**2 + 1).sqrt()
+        out = self.net(x * c_in, self.sigma_to_t(sigma), **extra)
+        if self.prediction_type == "epsilon":
+            return x - sigma_b * out
+        if self.prediction_type == "v_prediction":
+            return x / (sigma_b**2 + 1) - sigma_b * c_in * out
+        return out
+
+
+def DiscreteEpsDDPMDenoiser(net, alphas_cumprod, quantize: bool = False) -> DiscreteVPDenoiser:
+    """k-diffusion's name for an eps-prediction discrete VP wrapper."""
+    return DiscreteVPDenoiser(net, alphas_cumprod, "epsilon", quantize)
+
+
+def DiscreteVDDPMDenoiser(net, alphas_cumprod, quantize: bool = False) -> DiscreteVPDenoiser:
+    """k-diffusion's name for a v-prediction discrete VP wrapper."""
+    return DiscreteVPDenoiser(net, alphas_cumprod, "v_prediction", quantize)
+
+
+class DenoiserAsDiscreteEps(DiscreteSchedule):
+    """The inverse wrapper: a denoiser seen as a discrete eps network ``eps(x_t, t)``.
+
+    Gives diffusers' schedulers (and any DDPM-style code) an analytic model with an exact answer:
+    sigma = t_to_sigma(t), x = x_t * sqrt(sigma^2 + 1), eps = (x - D(x; sigma)) / sigma.
+    """
+
+    def __init__(self, denoiser, alphas_cumprod):
+        super().__init__(alphas_cumprod)
+        self.denoiser = denoiser
+
+    def forward(self, x_t: torch.Tensor, t, **extra) -> torch.Tensor:
+        t = torch.as_tensor(t, device=x_t.device)
+        sigma = self.t_to_sigma(t.reshape(-1)).to(x_t.dtype).expand(x_t.shape[0])
+        sigma_b = _expand(sigma, x_t.ndim)
+        x = x_t * (sigma_b**2 + 1).sqrt()
+        return (x - self.denoiser(x, sigma, **extra)) / sigma_b

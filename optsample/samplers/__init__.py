@@ -1,0 +1,13 @@
+"""Samplers: pure functions over a sigma array, registered by name with typed hyper-parameters."""
+
+from . import classic  # noqa: F401  (registers)
+from .core import (
+    Denoiser, NonFiniteError, SampleInfo, SeededNoise, add_noise, ancestral_step, churn, initial_noise, sample,
+    steps, to_d,
+)
+from .registry import Choice, Range, UnknownSamplerError, available, get, register
+
+__all__ = [
+    "Choice", "Denoiser", "NonFiniteError", "Range", "SampleInfo", "SeededNoise", "UnknownSamplerError",
+    "add_noise", "ancestral_step", "available", "churn", "get", "initial_noise", "register", "sample", "steps", "to_d",
+]
