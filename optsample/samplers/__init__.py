@@ -1,6 +1,6 @@
 """Samplers: pure functions over a sigma array, registered by name with typed hyper-parameters."""
 
-from . import classic  # noqa: F401  (registers)
+from . import classic, multistep, restart, rules, singlestep  # noqa: F401  (importing registers the samplers)
 from .core import (
     Denoiser, NonFiniteError, SampleInfo, SeededNoise, add_noise, ancestral_step, churn, initial_noise, sample,
     steps, to_d,
