@@ -258,3 +258,23 @@ def _spec_of(sampler: str | Callable) -> registry.SamplerSpec:
         if spec.fn is sampler:
             return spec
     raise TypeError(f"{sampler!r} is not a registered sampler; register it with optsample.samplers.register")
+
+
+def measure_nfe(sampler: str | Callable, n_steps: int, **hparams) -> int:
+    """NFE that ``sampler`` really uses for ``n_steps`` steps, measured on a one-sample dummy run."""
+    sigmas = torch.linspace(10.0, 0.0, n_steps + 1, dtype=torch.float64)
+    x = torch.zeros(1, 1, dtype=torch.float64)
+    _, info = sample(sampler, lambda x, sigma: x * 0, x, sigmas, seeds=[0], return_info=True, **hparams)
+    return info.nfe
+
+
+def steps_for_nfe(sampler: str | Callable, nfe: int, **hparams) -> int:
+    """The largest step count whose measured NFE does not exceed ``nfe`` (at least 1 step)."""
+    if nfe < 1:
+        raise ValueError(f"nfe must be >= 1, got {nfe}")
+    best = 1
+    for n_steps in range(1, nfe + 1):
+        if measure_nfe(sampler, n_steps, **hparams) > nfe:
+            break
+        best = n_steps
+    return best

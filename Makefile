@@ -1,0 +1,28 @@
+# Two commands on a fresh machine (each makes .venv first if it is missing):
+#   make run    the main job on the embedded default (no network, no GPU)
+#   make test   the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test bench env
+
+env: $(VENV)/.installed
+
+# torch first, pinned: 2.13.0 is the CPU wheel on this project's machines; a bare "torch" would pull
+# a multi-GB CUDA build. constraints.txt holds the versions the suite was last run with.
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
+	touch $@
+
+run: env
+	$(BIN)/optsample-compare
+
+test: env
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline OMP_NUM_THREADS=2 $(BIN)/python -m pytest tests
+
+bench: env
+	$(BIN)/python benchmarks/sampler_overhead.py

@@ -1,0 +1,128 @@
+"""The contract every registered sampler keeps: validation, NFE, callbacks, non-finite checks, dtypes."""
+
+import math
+
+import pytest
+import torch
+
+import optsample
+from optsample.models import GaussianMixture
+from optsample.samplers import NonFiniteError, UnknownSamplerError, get, measure_nfe, sample, steps_for_nfe
+
+ALL = optsample.available()
+GMM = GaussianMixture.random(dim=4, components=3, seed=0, spread=2.0)
+
+
+def start(n=3, dim=4, sigma_max=10.0, dtype=torch.float64):
+    return optsample.initial_noise(range(n), (dim,), dtype=dtype) * sigma_max
+
+
+def sigmas_for(n_steps=6, sigma_max=10.0):
+    return torch.cat([torch.exp(torch.linspace(math.log(sigma_max), math.log(0.05), n_steps)), torch.zeros(1)]).double()
+
+
+class CountingModel:
+    def __init__(self, inner, nan_after=None):
+        self.inner, self.calls, self.nan_after = inner, 0, nan_after
+
+    def __call__(self, x, sigma):
+        self.calls += 1
+        assert sigma.shape == (x.shape[0],), "the model must receive sigma as a [batch] tensor"
+        out = self.inner(x, sigma)
+        if self.nan_after is not None and self.calls > self.nan_after:
+            out = out.clone()
+            out[1] = float("nan")
+        return out
+
+
+def test_registry_lists_every_sampler_of_the_core_issue():
+    wanted = {
+        "euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral", "dpmpp_sde",
+        "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde", "ddim", "ddpm", "plms", "ipndm", "unipc", "restart",
+    }
+    assert wanted <= set(ALL), f"missing: {sorted(wanted - set(ALL))}"
+
+
+def test_unknown_sampler_names_the_nearest():
+    with pytest.raises(UnknownSamplerError, match=r"unknown sampler 'eulr'.*'euler'"):
+        sample("eulr", GMM, start(), sigmas_for())
+    with pytest.raises(KeyError):  # still a KeyError for code that catches that
+        get("dpmpp2m")
+
+
+def test_unknown_and_out_of_range_hyperparameters_fail_before_any_model_call():
+    model = CountingModel(GMM)
+    with pytest.raises(TypeError, match="etta"):
+        sample("euler_ancestral", model, start(), sigmas_for(), etta=0.5)
+    with pytest.raises(ValueError, match="'eta' = -1.0"):
+        sample("euler_ancestral", model, start(), sigmas_for(), eta=-1)
+    with pytest.raises(ValueError, match="'s_noise'"):
+        sample("euler", model, start(), sigmas_for(), s_noise=float("nan"))
+    assert model.calls == 0
+
+
+@pytest.mark.parametrize("bad, message", [
+    ([10.0, 5.0, 5.0, 0.0], r"sigmas\[1\]=5 <= sigmas\[2\]=5"),
+    ([10.0, 12.0, 0.0], r"strictly decreasing"),
+    ([10.0, -1.0], "non-negative"),
+    ([10.0, float("nan"), 0.0], "finite"),
+    ([10.0], "at least 2"),
+])
+def test_bad_sigmas_are_refused(bad, message):
+    with pytest.raises(ValueError, match=message):
+        sample("euler", GMM, start(), torch.tensor(bad, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_non_finite_model_output_names_step_and_sigma(name):
+    model = CountingModel(GMM, nan_after=2)
+    with pytest.raises(NonFiniteError, match=r"non-finite values at step \d+ \(sigma=[0-9.e+-]+, NFE 3\) for batch item\(s\) \[1\]"):
+        sample(name, model, start(), sigmas_for(), seeds=[0, 1, 2])
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_nfe_is_counted_and_callback_sees_every_step(name):
+    model = CountingModel(GMM)
+    seen = []
+    sigmas = sigmas_for(6)
+    x, info = sample(name, model, start(), sigmas, seeds=[0, 1, 2], callback=seen.append, return_info=True)
+    assert info.nfe == model.calls > 0
+    assert info.steps == len(sigmas) - 1
+    assert [s["i"] for s in seen] == list(range(len(sigmas) - 1))
+    for s in seen:
+        assert {"x", "i", "sigma", "sigma_next", "denoised"} <= set(s)
+        assert s["sigma"] == pytest.approx(float(sigmas[s["i"]])) and s["sigma_next"] == pytest.approx(float(sigmas[s["i"] + 1]))
+        assert s["denoised"].shape == x.shape
+    assert bool(torch.isfinite(x).all())
+    assert measure_nfe(name, len(sigmas) - 1) == info.nfe
+
+
+@pytest.mark.parametrize("name", ["euler", "heun"])
+def test_steps_for_nfe_never_exceeds_the_budget(name):
+    for nfe in (3, 4, 10):
+        n = steps_for_nfe(name, nfe)
+        assert measure_nfe(name, n) <= nfe < measure_nfe(name, n + 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_output_comes_back_in_the_input_dtype_and_state_is_never_half(dtype):
+    seen_dtypes = set()
+
+    def model(x, sigma):
+        seen_dtypes.add(x.dtype)
+        return GMM(x, sigma)
+
+    out = sample("euler", model, start(dtype=dtype), sigmas_for())
+    assert out.dtype == dtype
+    assert seen_dtypes == {torch.float64 if dtype == torch.float64 else torch.float32}
+
+
+def test_extra_args_reach_the_model():
+    got = {}
+
+    def model(x, sigma, label=None):
+        got["label"] = label
+        return GMM(x, sigma)
+
+    sample("euler", model, start(), sigmas_for(), extra_args={"label": 7})
+    assert got["label"] == 7
