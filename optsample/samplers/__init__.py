@@ -1,6 +1,6 @@
 """Samplers: pure functions over a sigma array, registered by name with typed hyper-parameters."""
 
-from . import classic, multistep, restart, rules, singlestep  # noqa: F401  (importing registers the samplers)
+from . import classic, multistep, restart, rules, singlestep, transforms  # noqa: F401  (importing registers the samplers)
 from .core import (
     Denoiser, NonFiniteError, SampleInfo, SeededNoise, add_noise, ancestral_step, churn, initial_noise, measure_nfe, sample,
     steps, steps_for_nfe, to_d,
