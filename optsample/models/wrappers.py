@@ -12,8 +12,30 @@ import torch
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
-def _expand(v: torch.Tensor, ndim: int) -> torch.Tensor:
+def expand(v: torch.Tensor, ndim: int) -> torch.Tensor:
+    """[B] -> [B, 1, ..., 1] so it broadcasts against an x of ``ndim`` dimensions."""
     return v.reshape(v.shape + (1,) * (ndim - v.ndim))
+
+
+def check_prediction_type(prediction_type: str) -> None:
+    if prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type {prediction_type!r} is not one of {list(PREDICTION_TYPES)}")
+
+
+def vp_denoised(x: torch.Tensor, sigma_b: torch.Tensor, out: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """D from a VP network's output, the network having seen x_t = x / sqrt(sigma^2 + 1).
+
+    - epsilon:      D = x - sigma * eps_hat
+    - v_prediction: D = x / (sigma^2 + 1) - sigma / sqrt(sigma^2 + 1) * v_hat  (Salimans & Ho 2022, eq. 9,
+      with alpha = 1 / sqrt(sigma^2 + 1); k-diffusion ``VDenoiser`` with sigma_data = 1)
+    - sample:       D = x0_hat
+    (k-diffusion ``external.py`` DiscreteEpsDDPMDenoiser / DiscreteVDDPMDenoiser.)
+    """
+    if prediction_type == "epsilon":
+        return x - sigma_b * out
+    if prediction_type == "v_prediction":
+        return x / (sigma_b**2 + 1) - sigma_b / (sigma_b**2 + 1).sqrt() * out
+    return out
 
 
 class DiscreteSchedule(torch.nn.Module):
@@ -68,29 +90,20 @@ class DiscreteSchedule(torch.nn.Module):
 class DiscreteVPDenoiser(DiscreteSchedule):
     """A discrete-time VP network ``net(x_t, t, **extra)`` predicting eps, v or x0, as a denoiser.
 
-    With sigma_data = 1 the network input is x_t = x * c_in, c_in = 1 / sqrt(sigma^2 + 1), and
-    - epsilon:      D = x - sigma * eps_hat
-    - v_prediction: D = x / (sigma^2 + 1) - sigma / sqrt(sigma^2 + 1) * v_hat
-    - sample:       D = x0_hat
-    (k-diffusion ``DiscreteEpsDDPMDenoiser`` / ``DiscreteVDDPMDenoiser``; Salimans & Ho 2022, eq. 9 for v).
+    The network sees x_t = x / sqrt(sigma^2 + 1) and t = sigma_to_t(sigma); its output becomes D by
+    :func:`vp_denoised` (k-diffusion ``DiscreteEpsDDPMDenoiser`` / ``DiscreteVDDPMDenoiser``).
     """
 
     def __init__(self, net, alphas_cumprod, prediction_type: str = "epsilon", quantize: bool = False):
         super().__init__(alphas_cumprod, quantize)
-        if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"prediction_type {prediction_type!r} is not one of {list(PREDICTION_TYPES)}")
+        check_prediction_type(prediction_type)
         self.net = net
         self.prediction_type = prediction_type
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, **extra) -> torch.Tensor:
-        sigma_b = _expand(sigma, x.ndim)
-        c_in = 1 / (sigma_b**2 + 1).sqrt()
-        out = self.net(x * c_in, self.sigma_to_t(sigma), **extra)
-        if self.prediction_type == "epsilon":
-            return x - sigma_b * out
-        if self.prediction_type == "v_prediction":
-            return x / (sigma_b**2 + 1) - sigma_b * c_in * out
-        return out
+        sigma_b = expand(sigma, x.ndim)
+        out = self.net(x / (sigma_b**2 + 1).sqrt(), self.sigma_to_t(sigma), **extra)
+        return vp_denoised(x, sigma_b, out.to(x.dtype), self.prediction_type)
 
 
 def DiscreteEpsDDPMDenoiser(net, alphas_cumprod, quantize: bool = False) -> DiscreteVPDenoiser:
@@ -117,6 +130,6 @@ class DenoiserAsDiscreteEps(DiscreteSchedule):
     def forward(self, x_t: torch.Tensor, t, **extra) -> torch.Tensor:
         t = torch.as_tensor(t, device=x_t.device)
         sigma = self.t_to_sigma(t.reshape(-1)).to(x_t.dtype).expand(x_t.shape[0])
-        sigma_b = _expand(sigma, x_t.ndim)
+        sigma_b = expand(sigma, x_t.ndim)
         x = x_t * (sigma_b**2 + 1).sqrt()
         return (x - self.denoiser(x, sigma, **extra)) / sigma_b
