@@ -69,13 +69,14 @@ class DiscreteSchedule(torch.nn.Module):
         quantize = self.quantize if quantize is None else quantize
         log_sigmas = self.log_sigmas.to(sigma.device)
         log_sigma = sigma.to(log_sigmas.dtype).log()
-        dists = log_sigma - log_sigmas[:, None]
         if quantize:
-            return dists.abs().argmin(dim=0).view(sigma.shape).to(sigma.dtype)
-        low_idx = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=log_sigmas.shape[0] - 2)
+            dists = (log_sigma.reshape(-1)[None, :] - log_sigmas[:, None]).abs()
+            return dists.argmin(dim=0).view(sigma.shape).to(sigma.dtype)
+        # the last table entry at or below log sigma (k-diffusion's cumsum/argmax, as one binary search)
+        low_idx = (torch.searchsorted(log_sigmas, log_sigma.reshape(-1), right=True) - 1).clamp(0, log_sigmas.shape[0] - 2)
         high_idx = low_idx + 1
         low, high = log_sigmas[low_idx], log_sigmas[high_idx]
-        w = ((low - log_sigma) / (low - high)).clamp(0, 1)
+        w = ((low - log_sigma.reshape(-1)) / (low - high)).clamp(0, 1)
         return ((1 - w) * low_idx + w * high_idx).view(sigma.shape).to(sigma.dtype)
 
     def t_to_sigma(self, t: torch.Tensor) -> torch.Tensor:

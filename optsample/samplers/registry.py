@@ -61,7 +61,7 @@ class Choice:
 
 def _validate(self) -> None:
     """``__post_init__`` of every generated params dataclass: type coercion and bounds."""
-    hints = typing.get_type_hints(type(self), include_extras=True)
+    hints = type(self)._hints
     for field in dataclasses.fields(self):
         hint = hints[field.name]
         value = getattr(self, field.name)
@@ -121,7 +121,8 @@ def params_dataclass(name: str, fn: Callable, check: Callable | None = None) -> 
             raise TypeError(f"sampler {name!r}: hyper-parameter {pname!r} needs a default")
         fields.append((pname, hints.get(pname, Any), dataclasses.field(default=param.default)))
     cls_name = "".join(part.capitalize() for part in name.split("_")) + "Params"
-    namespace = {"__post_init__": _validate, "_extra_check": staticmethod(check) if check else None}
+    namespace = {"__post_init__": _validate, "_extra_check": staticmethod(check) if check else None,
+                 "_hints": {pname: hint for pname, hint, _ in fields}}
     return dataclasses.make_dataclass(cls_name, fields, frozen=True, namespace=namespace)
 
 
