@@ -38,6 +38,15 @@ def fitted_order(errors):
     # UniC raises the predictor's order by one (Zhao et al. 2023, Thm. 3.3): order p converges like p + 1.
     ("unipc", {"order": 1}, 2.0),
     ("unipc", {"order": 2}, 3.0),
+    # One first-order warm-up step (local error O(h^2)) caps these at 2 whatever their nominal order;
+    # PLMS / iPNDM also use fixed Adams-Bashforth weights that assume equal steps.
+    ("dpmpp_3m", {}, 2.0),
+    ("plms", {}, 2.0),
+    ("ipndm", {}, 2.0),
+    # The stochastic single-step samplers with eta = 0 and Restart without restarts are 2nd-order ODE solvers.
+    ("dpmpp_2s_ancestral", {"eta": 0.0}, 2.0),
+    ("dpmpp_sde", {"eta": 0.0}, 2.0),
+    ("restart", {"restart_k": 0}, 2.0),
 ])
 def test_convergence_order(name, hparams, order):
     errors = errors_of(name, **hparams)
