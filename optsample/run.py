@@ -1,0 +1,394 @@
+"""``optsample-run`` (also ``python -m optsample.run``): the Hydra experiment runner.
+
+One run = validate the whole config (before any work), build the model and schedule, generate
+``n_samples`` in batches with per-sample seeds, score, log, and write one result row keyed by the
+hash of the resolved config. A run whose row exists is skipped (``force=true`` redoes it).
+
+    optsample-run sampler=adam sampler.beta1=0.8 steps=20
+    optsample-run -m sampler=euler,heun,dpmpp_2m steps=5,10,20 logger=none
+    optsample-run -m sampler=euler nfe=10,20 hydra/launcher=joblib
+    optsample-run -m experiment=tune_euler_churn          # Optuna sweeper preset (optional extra)
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import platform
+import subprocess
+import time
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from . import config as C
+from . import results
+from .devices import InDtype, model_dtype, resolve_device
+
+log = logging.getLogger("optsample.run")
+
+TRAJECTORY_SAMPLES = 64
+VERSIONED_PACKAGES = ("optsample", "torch", "numpy", "hydra-core", "omegaconf", "diffusers")
+
+
+class ConfigError(ValueError):
+    """An impossible configuration, found before any work; the message names the key."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation and planning: everything that can fail does so here, before a model is built.
+
+
+@dataclass
+class RunPlan:
+    cfg: dict  # the resolved config (a plain dict, no hydra node)
+    key: str  # config hash
+    steps: int
+    sigmas: torch.Tensor | None  # None until the model supplies schedule args
+    hparams: dict
+    dtype: torch.dtype
+    results_dir: Path
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _resolve_steps(cfg: dict, hparams: dict) -> int | None:
+    """steps, or the largest step count within the NFE budget ``nfe`` (core.steps_for_nfe)."""
+    from .samplers import steps_for_nfe
+
+    if cfg["nfe"] is not None:
+        _require(cfg["nfe"] >= 1, f"nfe must be >= 1, got {cfg['nfe']}")
+        return steps_for_nfe(cfg["sampler"]["name"], cfg["nfe"], **hparams)
+    if cfg["steps"] is None:
+        _require(cfg["schedule"]["name"] == "custom", "give steps=<int> or nfe=<int>")
+        return None
+    _require(cfg["steps"] >= 1, f"steps must be >= 1, got {cfg['steps']}")
+    return cfg["steps"]
+
+
+def hashed_config(cfg: dict) -> dict:
+    """The part of the config that decides the outcome (config.UNHASHED_KEYS dropped; with an NFE
+    budget the step count is derived, so ``steps`` is dropped too)."""
+    kept = {k: v for k, v in cfg.items() if k not in C.UNHASHED_KEYS}
+    if kept.get("nfe") is not None:
+        kept["steps"] = None
+    return kept
+
+
+def plan_run(cfg: dict, *, job_num: int = 0) -> RunPlan:
+    """Check every key of a resolved config and derive the run's plan; raises ConfigError naming the key."""
+    from . import samplers
+
+    try:
+        spec = samplers.get(cfg["sampler"]["name"])
+        hparams = C.sampler_hparams(cfg["sampler"])
+        spec.make_params(**hparams)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ConfigError(f"sampler: {err}") from None
+    _require(cfg["model"]["name"] in C.MODELS, f"model {cfg['model']['name']!r} is not one of {sorted(C.MODELS)}")
+    for key in ("n_samples", "batch_size"):
+        _require(cfg[key] >= 1, f"{key} must be >= 1, got {cfg[key]}")
+    steps = _resolve_steps(cfg, hparams)
+    _check_metric_names(cfg["metric"]["names"])
+    try:
+        dtype = model_dtype(cfg["model"]["dtype"])
+        resolve_device(cfg["device"], job_num)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    sigmas = None
+    if cfg["schedule"]["name"] != "discrete":  # discrete needs the model's alphas_cumprod: checked in build
+        sigmas = _make_sigmas(cfg, steps, {})
+    key = results.config_hash(hashed_config(cfg))
+    return RunPlan(cfg, key, steps, sigmas, hparams, dtype, Path(_absolute(cfg["results_dir"])))
+
+
+def _check_metric_names(names: list[str]) -> None:
+    if not names:
+        return
+    from . import metrics
+
+    unknown = sorted(set(names) - set(metrics.available()))
+    _require(not unknown, f"metric.names: unknown metric(s) {unknown}; available: {metrics.available()}")
+
+
+def _make_sigmas(cfg: dict, steps: int | None, schedule_args: dict) -> torch.Tensor:
+    from . import schedules
+
+    try:
+        return schedules.get(cfg["schedule"]["name"], steps, **C.schedule_params(cfg["schedule"]), **schedule_args)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"schedule: {err}") from None
+
+
+def _absolute(path: str) -> str:
+    """Relative paths are relative to the directory the user launched from (hydra job.chdir or not)."""
+    try:
+        from hydra.utils import to_absolute_path
+
+        return to_absolute_path(path)
+    except (ImportError, ValueError):
+        return os.path.abspath(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Provenance.
+
+
+@functools.lru_cache(maxsize=1)
+def git_revision() -> str:
+    """HEAD of the checkout optsample is imported from ('unknown' for an installed wheel)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10,
+        )
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@functools.lru_cache(maxsize=1)
+def package_versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "none"
+    return found
+
+
+# ----------------------------------------------------------------------------------------------
+# The run.
+
+
+def sample_seeds(seed: int, start: int, stop: int) -> list[int]:
+    """Per-sample seeds (seed << 32) + k: sample k depends on (seed, k) alone, not on the batching."""
+    return [(seed << 32) + k for k in range(start, stop)]
+
+
+def generate(plan: RunPlan, built: C.BuiltModel, sigmas: torch.Tensor, device: torch.device):
+    """n_samples in batches; returns (samples, x_start, nfe per sample, seconds, trajectory or None).
+
+    With ``log_trajectory`` the iterates x_i of the first batch's first TRAJECTORY_SAMPLES samples are
+    kept (x at each step's start, then the output) for the logger's trajectory plot."""
+    from tqdm.auto import tqdm
+
+    from .samplers import initial_noise, sample
+
+    cfg = plan.cfg
+    denoiser = built.denoiser if plan.dtype == torch.float32 else InDtype(built.denoiser, plan.dtype)
+    outputs, starts, nfe, trajectory = [], [], 0, []
+    record = (lambda info: trajectory.append(info["x"][:TRAJECTORY_SAMPLES].cpu())) if cfg["log_trajectory"] else None
+    bar = tqdm(total=cfg["n_samples"], desc=f"{cfg['sampler']['name']} {len(sigmas) - 1} steps", disable=not cfg["progress"])
+    start_time = time.perf_counter()
+    for start in range(0, cfg["n_samples"], cfg["batch_size"]):
+        seeds = sample_seeds(cfg["seed"], start, min(start + cfg["batch_size"], cfg["n_samples"]))
+        x_start = initial_noise(seeds, built.sample_shape, device=device) * float(sigmas[0])
+        out, info = sample(
+            cfg["sampler"]["name"], denoiser, x_start, sigmas.to(device), seeds=seeds, extra_args=built.extra_args,
+            return_info=True, callback=record if start == 0 else None, **plan.hparams,
+        )
+        outputs.append(out)
+        starts.append(x_start)
+        nfe = info.nfe
+        bar.update(len(seeds))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start_time
+    bar.close()
+    if trajectory:
+        trajectory.append(outputs[0][:TRAJECTORY_SAMPLES].cpu())
+    return torch.cat(outputs), torch.cat(starts), nfe, seconds, trajectory or None
+
+
+def score(plan: RunPlan, built: C.BuiltModel, samples, x_start, sigmas, device) -> dict[str, float]:
+    names = list(plan.cfg["metric"]["names"])
+    if not names:
+        return {}
+    from . import metrics
+
+    context = metrics.MetricContext(
+        model=built.denoiser, x_start=x_start, sigma_start=float(sigmas[0]), extra_args=built.extra_args,
+        labels=None, prompts=None, device=device,
+    )
+    return metrics.compute(names, samples, context)
+
+
+def _warn(what: str, err: Exception) -> None:
+    message = f"{what} failed ({type(err).__name__}: {err}); the run goes on"
+    log.warning(message)
+    warnings.warn(message, RuntimeWarning, stacklevel=2)
+
+
+def log_run(plan: RunPlan, metric_values: dict, samples, trajectory, run_dir: str) -> None:
+    """Hand the run to the configured logger (optsample.loggers); a failing logger only warns."""
+    logger_cfg = plan.cfg["logger"]
+    if logger_cfg["name"] == "none":
+        return
+    try:
+        from . import loggers
+
+        logger = loggers.make_logger(
+            dict(logger_cfg), project=plan.cfg["project"], group=plan.cfg["name"], name=run_name(plan), run_dir=run_dir,
+        )
+        try:
+            logger.log_run(results.flatten(plan.cfg), metric_values, samples, trajectory)
+        finally:
+            logger.finish()
+    except Exception as err:  # noqa: BLE001  (a logger must never lose a finished run)
+        _warn(f"logger {logger_cfg['name']!r}", err)
+
+
+def run_name(plan: RunPlan) -> str:
+    return f"{plan.cfg['sampler']['name']}-{plan.steps}steps-{plan.key}"
+
+
+def objective_of(cfg: dict, row: dict) -> float | None:
+    """The value a sweeper (Optuna) minimises: row[cfg.objective]."""
+    key = cfg.get("objective")
+    if not key:
+        return None
+    if key not in row:
+        raise ConfigError(f"objective {key!r} is not a key of the result row; keys: {sorted(row)}")
+    return float(row[key])
+
+
+def execute(cfg: dict, *, job_num: int = 0, run_dir: str | None = None) -> dict:
+    """One run from a resolved config dict; returns the row (existing row if the run had finished)."""
+    t_begin = time.perf_counter()
+    plan = plan_run(cfg, job_num=job_num)
+    if not cfg["force"]:
+        existing = results.find_row(plan.results_dir, plan.key)
+        if existing is not None:
+            log.info("skip %s: finished (%s)", run_name(plan), results.row_path(plan.results_dir, plan.key))
+            return existing
+    device = resolve_device(cfg["device"], job_num)
+    t_build = time.perf_counter()
+    built = C.MODELS[cfg["model"]["name"]].build(cfg["model"])
+    if isinstance(built.denoiser, torch.nn.Module):
+        built.denoiser.to(device, plan.dtype).eval()
+    sigmas = plan.sigmas if plan.sigmas is not None else _make_sigmas(cfg, plan.steps, built.schedule_args)
+    build_s = time.perf_counter() - t_build
+    with torch.inference_mode():
+        samples, x_start, nfe, sample_s, trajectory = generate(plan, built, sigmas, device)
+        t_score = time.perf_counter()
+        metric_values = score(plan, built, samples, x_start, sigmas, device)
+        score_s = time.perf_counter() - t_score
+    row = make_row(plan, metric_values, nfe=nfe, steps=len(sigmas) - 1, device=device)
+    t_log = time.perf_counter()
+    log_run(plan, metric_values, samples, trajectory, run_dir or str(plan.results_dir))
+    total_s = time.perf_counter() - t_begin
+    row.update({
+        "time.build_s": build_s, "time.sample_s": sample_s, "time.score_s": score_s,
+        "time.log_s": time.perf_counter() - t_log, "time.total_s": total_s,
+        "time.overhead_s": total_s - sample_s - score_s,
+    })
+    results.append_row(plan.results_dir, row)
+    log.info("%s: NFE %d, %s -> %s", run_name(plan), nfe, metric_values, results.row_path(plan.results_dir, plan.key))
+    return row
+
+
+def make_row(plan: RunPlan, metric_values: dict, *, nfe: int, steps: int, device: torch.device) -> dict:
+    row = results.flatten(plan.cfg)
+    row["nfe_budget"] = row.pop("nfe")
+    row.update({f"metric.{k}": float(v) for k, v in metric_values.items()})
+    row.update({f"versions.{k}": v for k, v in package_versions().items()})
+    row.update({
+        "steps": steps, "nfe": nfe, "device_resolved": str(device), "config_hash": plan.key,
+        "git_rev": git_revision(), "host": platform.node(), "timestamp": time.time(),
+    })
+    return row
+
+
+# ----------------------------------------------------------------------------------------------
+# Hydra glue.
+
+
+def _job_num() -> int:
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return int(HydraConfig.get().job.num)
+    except Exception:  # noqa: BLE001  (single run: no job number)
+        return 0
+
+
+def _output_dir() -> str | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return HydraConfig.get().runtime.output_dir
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def task(cfg) -> float | None:
+    """The Hydra task function: returns the objective for sweepers."""
+    from omegaconf import OmegaConf
+
+    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    row = execute(resolved, job_num=_job_num(), run_dir=_output_dir())
+    return objective_of(resolved, row)
+
+
+try:
+    from hydra.experimental.callback import Callback
+except ImportError:  # pragma: no cover
+    Callback = object
+
+
+class SweepTableCallback(Callback):
+    """At the end of a multirun, hand every row of the experiment to the logger's sweep table."""
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        from omegaconf import OmegaConf
+
+        logger_cfg = OmegaConf.to_container(config.logger, resolve=True)
+        if logger_cfg["name"] == "none":
+            return
+        try:
+            from . import loggers
+
+            rows = results.read_rows(_absolute(config.results_dir))
+            loggers.log_sweep_table(
+                logger_cfg, rows, project=config.project, group=config.name, run_dir=config.hydra.sweep.dir,
+            )
+        except Exception as err:  # noqa: BLE001
+            _warn("sweep table", err)
+
+
+def config_path() -> str:
+    """Where conf/ is: the ``optsample.conf`` package data of an installed wheel, else the checkout's conf/."""
+    import importlib.util
+
+    try:
+        if importlib.util.find_spec("optsample.conf") is not None:
+            return "pkg://optsample.conf"
+    except ImportError:
+        pass
+    checkout = Path(__file__).resolve().parent.parent / "conf"
+    if not (checkout / "config.yaml").exists():
+        raise FileNotFoundError(f"optsample's configs are missing: neither package optsample.conf nor {checkout}")
+    return str(checkout)
+
+
+def main() -> None:
+    import hydra
+
+    C.register_configs()
+    hydra.main(config_path=config_path(), config_name="config", version_base="1.3")(task)()
+
+
+if __name__ == "__main__":
+    # Run through the importable module, not __main__: joblib / submitit workers unpickle the task
+    # function by its module name.
+    from optsample.run import main as _main
+
+    _main()
