@@ -365,18 +365,20 @@ class SweepTableCallback(Callback):
 
 
 def config_path() -> str:
-    """Where conf/ is: the ``optsample.conf`` package data of an installed wheel, else the checkout's conf/."""
+    """Absolute path of the configs: the ``optsample.conf`` package data (an installed wheel, or the
+    editable checkout's conf/ mapped to that package), else the checkout's conf/."""
     import importlib.util
 
     try:
-        if importlib.util.find_spec("optsample.conf") is not None:
-            return "pkg://optsample.conf"
+        spec = importlib.util.find_spec("optsample.conf")
     except ImportError:
-        pass
-    checkout = Path(__file__).resolve().parent.parent / "conf"
-    if not (checkout / "config.yaml").exists():
-        raise FileNotFoundError(f"optsample's configs are missing: neither package optsample.conf nor {checkout}")
-    return str(checkout)
+        spec = None
+    candidates = list(spec.submodule_search_locations or []) if spec is not None else []
+    candidates.append(str(Path(__file__).resolve().parent.parent / "conf"))
+    for folder in candidates:
+        if (Path(folder) / "config.yaml").exists():
+            return str(Path(folder).resolve())
+    raise FileNotFoundError(f"optsample's configs are missing: looked in {candidates}")
 
 
 def main() -> None:

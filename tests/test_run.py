@@ -59,6 +59,9 @@ def in_tmp(tmp_path, monkeypatch):
     loggers.log_sweep_table = lambda cfg, rows, **kw: StubLogger.calls.append(("sweep_table", len(rows), kw))
     monkeypatch.setitem(sys.modules, "optsample.metrics", metrics)
     monkeypatch.setitem(sys.modules, "optsample.loggers", loggers)
+    # `from . import metrics` reads the package attribute first: replace it too
+    monkeypatch.setattr(optsample, "metrics", metrics, raising=False)
+    monkeypatch.setattr(optsample, "loggers", loggers, raising=False)
     StubLogger.calls, StubLogger.fail = [], False
     return tmp_path
 

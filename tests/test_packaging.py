@@ -1,0 +1,24 @@
+"""The installed form (a wheel, not the editable checkout) still finds its Hydra configs."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_wheel_ships_conf_and_the_runner_finds_it(tmp_path):
+    wheel_dir, site = tmp_path / "wheel", tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheel_dir),
+                    str(ROOT)], check=True, cwd=tmp_path)
+    wheel = next(wheel_dir.glob("optsample-*.whl"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+                   check=True, cwd=tmp_path)
+    probe = "import optsample.run as r, optsample; print(r.config_path()); print(optsample.__file__)"
+    out = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(site)!r}); {probe}"],
+                         check=True, cwd=tmp_path, capture_output=True, text=True).stdout.split()
+    conf_dir, package_file = Path(out[0]), Path(out[1])
+    assert package_file.is_relative_to(site), package_file  # the wheel's copy, not the checkout
+    assert conf_dir.is_relative_to(site) and (conf_dir / "config.yaml").exists()
+    assert sorted(p.name for p in (conf_dir / "experiment").glob("*.yaml")) == sorted(
+        p.name for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
