@@ -18,8 +18,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
 	touch $@
 
+# The default study: classic solvers and update rules x NFE on a 2-D Gaussian mixture (W&B offline),
+# then its table. Result rows go to runs/gmm_solvers (a re-run skips finished runs).
 run: env
-	$(BIN)/optsample-compare
+	$(BIN)/optsample-run -m experiment=gmm_solvers
+	$(BIN)/optsample-table runs/gmm_solvers --metric rmse --cols nfe_budget --out results/gmm_solvers
 
 test: env
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline OMP_NUM_THREADS=2 $(BIN)/python -m pytest tests

@@ -129,6 +129,12 @@ class BuiltModel:
     sample_shape: tuple
     schedule_args: dict = field(default_factory=dict)
     extra_args: dict = field(default_factory=dict)
+    # Per-sample conditioning: sample indices -> extra model arguments for that batch, e.g.
+    # {"class_labels": tensor} or {"prompts": [...]}; sample k's conditioning depends on k alone.
+    # The keys "class_labels" / "labels" and "prompts" are also handed to the metrics.
+    conditioning: Callable[[list], dict] | None = None
+    # Extra fields for optsample.metrics.MetricContext (reference data, feature net, ...).
+    metric_args: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -223,7 +229,7 @@ class RunConfig:
     schedule: Any = MISSING
     metric: MetricConfig = MISSING
     logger: Any = MISSING
-    name: str = "default"  # experiment name: results/runs/<name>, the W&B group
+    name: str = "default"  # experiment name: runs/<name>, the W&B group
     project: str = "optsample"  # W&B project
     steps: Optional[int] = 10
     nfe: Optional[int] = None  # NFE budget; if set, steps = steps_for_nfe(sampler, nfe, **hp)
@@ -231,7 +237,7 @@ class RunConfig:
     batch_size: int = 256
     seed: int = 0  # sample k starts from seed (seed << 32) + k
     device: str = "auto"  # auto | cpu | cuda | cuda:<i> | mps
-    results_dir: str = "results/runs/${name}"
+    results_dir: str = "runs/${name}"  # result rows, not committed; tables made from them go in results/
     force: bool = False  # redo runs whose row exists
     objective: Optional[str] = None  # row key returned to the sweeper, e.g. metric.rmse
     progress: bool = True

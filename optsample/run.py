@@ -173,6 +173,14 @@ def sample_seeds(seed: int, start: int, stop: int) -> list[int]:
     return [(seed << 32) + k for k in range(start, stop)]
 
 
+def batch_conditioning(built: C.BuiltModel, indices, device) -> dict:
+    """The model's per-sample conditioning for these sample indices, tensors moved to ``device``."""
+    if built.conditioning is None:
+        return {}
+    args = built.conditioning(list(indices))
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+
+
 def generate(plan: RunPlan, built: C.BuiltModel, sigmas: torch.Tensor, device: torch.device):
     """n_samples in batches; returns (samples, x_start, nfe per sample, seconds, trajectory or None).
 
@@ -192,7 +200,8 @@ def generate(plan: RunPlan, built: C.BuiltModel, sigmas: torch.Tensor, device: t
         seeds = sample_seeds(cfg["seed"], start, min(start + cfg["batch_size"], cfg["n_samples"]))
         x_start = initial_noise(seeds, built.sample_shape, device=device) * float(sigmas[0])
         out, info = sample(
-            cfg["sampler"]["name"], denoiser, x_start, sigmas.to(device), seeds=seeds, extra_args=built.extra_args,
+            cfg["sampler"]["name"], denoiser, x_start, sigmas.to(device), seeds=seeds,
+            extra_args={**built.extra_args, **batch_conditioning(built, range(start, start + len(seeds)), device)},
             return_info=True, callback=record if start == 0 else None, **plan.hparams,
         )
         outputs.append(out)
@@ -214,9 +223,11 @@ def score(plan: RunPlan, built: C.BuiltModel, samples, x_start, sigmas, device) 
         return {}
     from . import metrics
 
+    conditioning = batch_conditioning(built, range(plan.cfg["n_samples"]), device)
+    labels = conditioning.get("class_labels", conditioning.get("labels"))
     context = metrics.MetricContext(
-        model=built.denoiser, x_start=x_start, sigma_start=float(sigmas[0]), extra_args=built.extra_args,
-        labels=None, prompts=None, device=device,
+        model=built.denoiser, x_start=x_start, sigma_start=float(sigmas[0]),
+        extra_args={**built.extra_args, **conditioning}, labels=labels, prompts=conditioning.get("prompts"), device=device, **built.metric_args,
     )
     return metrics.compute(names, samples, context)
 

@@ -80,7 +80,7 @@ def cli(*args) -> int:
 
 
 def rows(name="default"):
-    return results.read_rows(Path("results/runs") / name)
+    return results.read_rows(Path("runs") / name)
 
 
 def test_multirun_2x2_writes_4_rows_then_skips_them(in_tmp):
@@ -250,7 +250,7 @@ def test_joblib_and_submitit_local_launchers(in_tmp):
 
 def test_sweep_killed_with_sigkill_resumes_to_the_full_set(in_tmp):
     grid = ["model=gmm64", "n_samples=3000", "sampler=euler,heun,dpmpp_2m", "steps=8,16"]
-    directory = Path("results/runs/default")
+    directory = Path("runs/default")
     proc = subprocess.Popen([*SWEEP, *grid], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 90
     while not list(directory.glob("*.json")) and time.monotonic() < deadline:
