@@ -267,3 +267,7 @@ def register_configs() -> None:
         cs.store(group="metric", name=name, node=MetricConfig(names=list(names)))
     for name, node in LOGGER_PRESETS.items():
         cs.store(group="logger", name=name, node=node(name=name) if node is LoggerConfig else node)
+
+
+# Model families beyond the analytic ones register themselves here (optsample/zoo/).
+from . import zoo as _zoo  # noqa: E402,F401

@@ -1,0 +1,1 @@
+"""Model options for the runner (being written)."""
