@@ -327,10 +327,11 @@ def test_heun_matches_kdiffusion(model_name, churn):
 
 @pytest.mark.parametrize("model_name", sorted(MODELS))
 def test_restart_k0_is_heun_bit_for_bit(model_name):
-    """restart_k = 0 equals k-diffusion's sample_heun and optsample's heun exactly (float64 and float32)."""
+    """restart_k = 0 equals optsample's heun exactly (float64 and float32) and k-diffusion's sample_heun to
+    rounding (optsample's Euler step is one fused add, k-diffusion's a multiply then an add)."""
     model, x = MODELS[model_name], start(model_name)
     ours, info = optsample.sample("restart", model, x, SIGMAS, seeds=list(range(BATCH)), restart_k=0, return_info=True)
-    assert torch.equal(ours, sample_heun(model, x.clone(), SIGMAS))
+    assert max_abs(ours, sample_heun(model, x.clone(), SIGMAS)) <= TOL
     assert info.nfe == 2 * (len(SIGMAS) - 1) - 1
     for dtype in (torch.float64, torch.float32):
         xd = x.to(dtype)
@@ -380,5 +381,6 @@ def test_restart_without_a_grid_point_warns_and_runs_heun():
     sigmas = torch.tensor([30.0, 0.0], dtype=torch.float64)  # a single step: nowhere to restart from
     with pytest.warns(UserWarning, match="plain Heun"):
         out = optsample.sample("restart", model, x, sigmas, seeds=list(range(BATCH)))
-    assert torch.equal(out, sample_heun(model, x.clone(), sigmas))
+    assert torch.equal(out, optsample.sample("heun", model, x, sigmas))
+    assert max_abs(out, sample_heun(model, x.clone(), sigmas)) <= TOL
     assert math.isfinite(float(out.abs().max()))

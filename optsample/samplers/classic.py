@@ -16,7 +16,7 @@ from typing import Annotated, Callable
 
 from numpy.polynomial import Polynomial
 
-from .core import add_noise, ancestral_step, churn, steps, to_d
+from .core import add_noise, ancestral_step, churn, euler_step, steps, to_d
 from .registry import Range, register
 
 NonNegative = Annotated[float, Range(0.0)]
@@ -32,9 +32,9 @@ Correction = Callable
 
 def heun_correction(model, x, d, sigma: float, sigma_next: float):
     """Trapezoidal rule: average the slopes at both ends of an Euler predictor (Karras et al. 2022, Alg. 1 l. 7-8)."""
-    x_euler = x + d * (sigma_next - sigma)
+    x_euler = euler_step(x, d, sigma, sigma_next)
     d_next = to_d(x_euler, sigma_next, model(x_euler, sigma_next))
-    return x + (d + d_next) / 2 * (sigma_next - sigma)
+    return x.add(d + d_next, alpha=(sigma_next - sigma) / 2)
 
 
 def log_midpoint(sigma: float, sigma_next: float) -> float:
@@ -46,9 +46,9 @@ def midpoint_correction(model, x, d, sigma: float, sigma_next: float):
     """Midpoint rule with the midpoint in log sigma: DPM-Solver-2 in sigma coordinates (Lu et al. 2022, Alg. 1 with
     r = 1/2; k-diffusion ``sample_dpm_2``). Euler to sigma_mid, then the full step with the slope found there."""
     sigma_mid = log_midpoint(sigma, sigma_next)
-    x_mid = x + d * (sigma_mid - sigma)
+    x_mid = euler_step(x, d, sigma, sigma_mid)
     d_mid = to_d(x_mid, sigma_mid, model(x_mid, sigma_mid))
-    return x + d_mid * (sigma_next - sigma)
+    return euler_step(x, d_mid, sigma, sigma_next)
 
 
 def _churned_loop(model, x, sigmas, callback, noise_sampler, s_churn, s_tmin, s_tmax, s_noise,
@@ -62,7 +62,7 @@ def _churned_loop(model, x, sigmas, callback, noise_sampler, s_churn, s_tmin, s_
                   "denoised": denoised})
         d = to_d(x, sigma_hat, denoised)
         if correction is None or sigma_next == 0:
-            x = x + d * (sigma_next - sigma_hat)
+            x = euler_step(x, d, sigma_hat, sigma_next)
         else:
             x = correction(model, x, d, sigma_hat, sigma_next)
     return x
@@ -106,7 +106,7 @@ def _ancestral_loop(model, x, sigmas, callback, noise_sampler, eta, s_noise, cor
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
         d = to_d(x, sigma, denoised)
         if correction is None or sigma_down == 0:
-            x = x + d * (sigma_down - sigma)
+            x = euler_step(x, d, sigma, sigma_down)
         else:
             x = correction(model, x, d, sigma, sigma_down)
         x = add_noise(x, noise_sampler, sigma, sigma_next, sigma_up, s_noise)

@@ -91,6 +91,13 @@ def to_d(x: torch.Tensor, sigma: float, denoised: torch.Tensor) -> torch.Tensor:
     return (x - denoised) / sigma
 
 
+def euler_step(x: torch.Tensor, d: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
+    """x + (sigma_next - sigma) * d: one Euler / SGD step with lr = sigma - sigma_next (DESIGN.md), as one
+    fused ``add`` (half the tensor operations of ``x + d * dt``; every sampler uses it, so identities
+    such as sgd == euler stay bitwise)."""
+    return x.add(d, alpha=sigma_next - sigma)
+
+
 def steps(sigmas: torch.Tensor) -> Iterator[tuple[int, float, float]]:
     """``(i, sigma, sigma_next)`` as python floats for each step of a sigma array."""
     values = sigmas.tolist()

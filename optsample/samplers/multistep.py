@@ -20,7 +20,7 @@ from typing import Annotated
 
 import torch
 
-from .core import add_noise, steps, to_d
+from .core import add_noise, euler_step, steps, to_d
 from .registry import Choice, Range, register
 
 NonNegative = Annotated[float, Range(0.0)]
@@ -91,12 +91,12 @@ def _adams_bashforth_sampler(model, x, sigmas, callback, max_order: int, heun_st
             continue
         d = to_d(x, sigma, denoised)
         if heun_start and i == 0 and n_steps > 1:
-            x_euler = x + d * (sigma_next - sigma)
+            x_euler = euler_step(x, d, sigma, sigma_next)
             d_step = (d + to_d(x_euler, sigma_next, model(x_euler, sigma_next))) / 2
         else:
             d_step = _adams_bashforth([d, *past_ds.values])
         past_ds.push(sigma, d)
-        x = x + d_step * (sigma_next - sigma)
+        x = euler_step(x, d_step, sigma, sigma_next)
     return x
 
 

@@ -20,7 +20,7 @@ from typing import Annotated
 import torch
 
 from .classic import heun_correction
-from .core import steps, to_d
+from .core import euler_step, steps, to_d
 from .registry import Range, register
 
 RESTART_RHO = 7.0  # the inner grid is EDM's (Karras et al. 2022, eq. 5), as in the paper's experiments
@@ -35,7 +35,7 @@ def heun_step(model, x: torch.Tensor, sigma: float, sigma_next: float) -> tuple[
     denoised = model(x, sigma)
     d = to_d(x, sigma, denoised)
     if sigma_next == 0:
-        return x + d * (sigma_next - sigma), denoised
+        return euler_step(x, d, sigma, sigma_next), denoised
     return heun_correction(model, x, d, sigma, sigma_next), denoised
 
 

@@ -27,7 +27,7 @@ import math
 from typing import Annotated, Callable
 
 from . import transforms as T
-from .core import add_noise, churn, steps, to_d
+from .core import add_noise, churn, euler_step, steps, to_d
 from .registry import Choice, Range, register
 
 NonNegative = Annotated[float, Range(0.0)]
@@ -101,7 +101,7 @@ def run_rule(model, x, sigmas, rule: T.Rule, *, callback, noise_sampler, lr_sche
         grad = to_d(x_eval, sigma_eval, denoised)
         info = T.StepInfo(i, index, n_steps, sigma_hat, sigma_next, x, denoised, grad)
         direction, state = rule.update(grad, state, info)
-        x = x + direction * (sigma_next - sigma_hat)
+        x = euler_step(x, direction, sigma_hat, sigma_next)
         i += 1
     return x
 
