@@ -39,7 +39,7 @@ def sweep_wall(n_runs: int, logger: str, workdir: Path) -> tuple[float, list[dic
         raise SystemExit(f"sweep failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     if "failed (" in done.stdout + done.stderr:
         print(f"  note: logger={logger} warned (see optsample.loggers); overhead measured anyway", file=sys.stderr)
-    rows = results.read_rows(workdir / "results" / "runs" / name)
+    rows = results.read_rows(workdir / "runs" / name)
     if len(rows) != n_runs:
         raise SystemExit(f"expected {n_runs} rows, found {len(rows)}")
     return wall, rows
