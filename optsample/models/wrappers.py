@@ -7,6 +7,9 @@ timestep t. Dividing by sqrt(abar_t) gives the VE form ``x = x0 + sigma eps`` wi
 
 from __future__ import annotations
 
+import bisect
+import math
+
 import torch
 
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
@@ -54,6 +57,7 @@ class DiscreteSchedule(torch.nn.Module):
         self.register_buffer("alphas_cumprod", alphas_cumprod, persistent=False)
         self.register_buffer("sigmas", sigmas, persistent=False)
         self.register_buffer("log_sigmas", sigmas.log(), persistent=False)
+        self._log_sigma_list = self.log_sigmas.tolist()
         self.quantize = quantize
 
     @property
@@ -64,9 +68,22 @@ class DiscreteSchedule(torch.nn.Module):
     def sigma_max(self) -> float:
         return float(self.sigmas[-1])
 
+    def _scalar_sigma_to_t(self, sigma: float) -> float:
+        """sigma_to_t of one sigma in python floats: the same formula, without a dozen tiny tensor ops."""
+        log_sigmas = self._log_sigma_list
+        log_sigma = math.log(sigma)
+        low_idx = min(max(bisect.bisect_right(log_sigmas, log_sigma) - 1, 0), len(log_sigmas) - 2)
+        low, high = log_sigmas[low_idx], log_sigmas[low_idx + 1]
+        w = min(max((low - log_sigma) / (low - high), 0.0), 1.0)
+        return (1 - w) * low_idx + w * (low_idx + 1)
+
     def sigma_to_t(self, sigma: torch.Tensor, quantize: bool | None = None) -> torch.Tensor:
         """Fractional timestep of each sigma (nearest integer with ``quantize``)."""
         quantize = self.quantize if quantize is None else quantize
+        if not quantize and sigma.ndim == 1 and len(sigma) > 0:
+            first = float(sigma[0])
+            if first > 0 and bool((sigma == first).all()):  # samplers give every sample the same sigma
+                return torch.full_like(sigma, self._scalar_sigma_to_t(first))
         log_sigmas = self.log_sigmas.to(sigma.device)
         log_sigma = sigma.to(log_sigmas.dtype).log()
         if quantize:
