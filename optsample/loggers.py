@@ -90,7 +90,8 @@ def trajectory_plot(trajectory: list[torch.Tensor], log_density: Callable[[torch
         grid = torch.from_numpy(np.stack([gx.ravel(), gy.ravel()], 1))
         with torch.no_grad():
             z = log_density(grid).reshape(gx.shape).numpy()
-        ax.contour(gx, gy, z, levels=20, cmap="viridis", linewidths=0.7)
+        levels = np.linspace(z.max() - 12.0, z.max(), 13)  # the last 12 nats below the peak: the modes, not the far tails
+        ax.contourf(gx, gy, z, levels=levels, cmap="Blues", alpha=0.6, extend="min")
     ax.plot(paths[:, :, 0], paths[:, :, 1], color="tab:red", linewidth=0.6, alpha=0.6)
     ax.scatter(paths[0, :, 0], paths[0, :, 1], s=8, facecolors="none", edgecolors="tab:gray")
     ax.scatter(end[:, 0], end[:, 1], s=8, color="black")

@@ -238,8 +238,9 @@ def _warn(what: str, err: Exception) -> None:
     warnings.warn(message, RuntimeWarning, stacklevel=2)
 
 
-def log_run(plan: RunPlan, metric_values: dict, samples, trajectory, run_dir: str) -> None:
-    """Hand the run to the configured logger (optsample.loggers); a failing logger only warns."""
+def log_run(plan: RunPlan, metric_values: dict, samples, trajectory, run_dir: str, log_density=None) -> None:
+    """Hand the run to the configured logger (optsample.loggers); a failing logger only warns.
+    ``log_density`` (the clean log-density of an analytic model) draws contours under the trajectories."""
     logger_cfg = plan.cfg["logger"]
     if logger_cfg["name"] == "none":
         return
@@ -250,7 +251,7 @@ def log_run(plan: RunPlan, metric_values: dict, samples, trajectory, run_dir: st
             dict(logger_cfg), project=plan.cfg["project"], group=plan.cfg["name"], name=run_name(plan), run_dir=run_dir,
         )
         try:
-            logger.log_run(results.flatten(plan.cfg), metric_values, samples, trajectory)
+            logger.log_run(results.flatten(plan.cfg), metric_values, samples, trajectory, log_density=log_density)
         finally:
             logger.finish()
     except Exception as err:  # noqa: BLE001  (a logger must never lose a finished run)
@@ -294,7 +295,8 @@ def execute(cfg: dict, *, job_num: int = 0, run_dir: str | None = None) -> dict:
         score_s = time.perf_counter() - t_score
     row = make_row(plan, metric_values, nfe=nfe, steps=len(sigmas) - 1, device=device)
     t_log = time.perf_counter()
-    log_run(plan, metric_values, samples, trajectory, run_dir or str(plan.results_dir))
+    log_density = getattr(built.denoiser, "log_prob", None) if trajectory else None
+    log_run(plan, metric_values, samples, trajectory, run_dir or str(plan.results_dir), log_density)
     total_s = time.perf_counter() - t_begin
     row.update({
         "time.build_s": build_s, "time.sample_s": sample_s, "time.score_s": score_s,

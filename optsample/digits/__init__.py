@@ -1,1 +1,22 @@
-"""The embedded default: a small class-conditional diffusion model of scikit-learn digits (being written)."""
+"""The embedded default: a small class-conditional diffusion model of scikit-learn's digits, shipped with
+its weights (optsample/assets/), and the digit classifier behind FID-digits and the "accuracy" metric.
+
+    from optsample.digits import load_denoiser, GuidedDenoiser
+    model = GuidedDenoiser(load_denoiser(), guidance=2.0)    # D(x, sigma, class_labels=...)
+
+Importing this package registers feature net "digits" and metric "accuracy" (optsample.metrics).
+Retrain the weights with ``optsample-train install=true`` (optsample/train.py).
+"""
+
+from . import data
+from .checkpoints import load_classifier, load_denoiser, provenance, shipped_classifier
+from .guidance import GuidedDenoiser
+from .metrics import register as _register_metrics
+from .nets import NULL_CLASS, DigitsClassifier, DigitsUNet
+
+_register_metrics()
+
+__all__ = [
+    "NULL_CLASS", "DigitsClassifier", "DigitsUNet", "GuidedDenoiser", "data", "load_classifier", "load_denoiser",
+    "provenance", "shipped_classifier",
+]
