@@ -131,7 +131,7 @@ def train(cfg: TrainConfig, out: Path) -> dict:
         if step % 25 == 0:
             bar.set_postfix(loss=f"{loss:.4f}")
         if step % cfg.checkpoint_every == 0:
-            checkpoints.save(ema, out / "checkpoints" / f"step_{step:06d}.safetensors",
+            checkpoints.save(ema.net, out / "checkpoints" / f"step_{step:06d}.safetensors",
                              {**arch, "sigma_data": ema.sigma_data, "step": step})
 
     denoiser, history = training.train_denoiser(
@@ -141,7 +141,7 @@ def train(cfg: TrainConfig, out: Path) -> dict:
     )
     bar.close()
     meta = {**arch, "sigma_data": denoiser.sigma_data, "step": cfg.iterations}
-    denoiser_path = checkpoints.save(denoiser, out / checkpoints.DENOISER_FILE, meta)
+    denoiser_path = checkpoints.save(denoiser.net, out / checkpoints.DENOISER_FILE, meta)
     write_loss_curve(history.steps, history.losses, out)
     classifier, classifier_history = training.train_classifier(
         epochs=cfg.classifier_epochs, batch_size=cfg.classifier_batch_size, lr=cfg.classifier_lr, seed=cfg.seed,

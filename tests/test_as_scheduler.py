@@ -3,6 +3,8 @@
 Every pipeline result is compared with optsample's own loop (``optsample.samplers.sample``) on the same
 network, wrapped by ``DiscreteVPDenoiser``: the scheduler must reproduce it, evaluation for evaluation.
 The Stable Diffusion / DDPM pipelines are tiny random models built from configs (no network).
+On an accelerator: ``OPTSAMPLE_TEST_DEVICE=cuda pytest tests/test_as_scheduler.py`` runs the pipeline
+tests there (TF32 off, so both sides do the same float32 arithmetic).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import gc
 import json
 import math
+import os
 import threading
 
 import pytest
@@ -31,6 +34,16 @@ SD_SCHEDULER = PNDMScheduler(**SCHEDULER_KWARGS, skip_prk_steps=True, steps_offs
                              timestep_spacing="leading")
 ALPHAS_CUMPROD = DDPMScheduler(**SCHEDULER_KWARGS).alphas_cumprod  # diffusers' own, not ours
 PROMPTS = ["a red cat", "a blue dog"]
+DEVICE = torch.device(os.environ.get("OPTSAMPLE_TEST_DEVICE", "cpu"))
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """TF32 would round the pipeline's and the reference's (rounding-different) inputs apart on CUDA."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def _workers() -> list[threading.Thread]:
@@ -103,13 +116,14 @@ def sd_parts(tmp_path_factory):
         in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), norm_num_groups=4,
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
     ).eval()
+    vae, text_encoder, unet = vae.to(DEVICE), text_encoder.to(DEVICE), unet.to(DEVICE)
     return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, safety_checker=None,
                 feature_extractor=None, requires_safety_checker=False)
 
 
 def _cfg_denoiser(pipe, guidance_scale):
     """optsample's side: classifier-free guided eps (Ho & Salimans 2022, eq. 6) under DiscreteVPDenoiser."""
-    cond, uncond = pipe.encode_prompt(PROMPTS, "cpu", 1, True)
+    cond, uncond = pipe.encode_prompt(PROMPTS, DEVICE, 1, True)
     embeds = torch.cat([uncond, cond])
 
     def eps(x_t, t):
@@ -136,7 +150,7 @@ def test_stable_diffusion_pipeline_equals_optsample_loop(sd_parts, name, options
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler = as_scheduler(name, pipe.scheduler.config, **options)
     n_steps, guidance = 5, 7.5
-    noise = initial_noise([10, 11], (4, 8, 8))
+    noise = initial_noise([10, 11], (4, 8, 8), device=DEVICE)
     latents = pipe(PROMPTS, num_inference_steps=n_steps, guidance_scale=guidance, height=16, width=16, latents=noise,
                    generator=torch.Generator().manual_seed(3), output_type="latent").images
 
@@ -170,13 +184,13 @@ def test_img2img_strength_half_equals_loop_started_midway(sd_parts, name):
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler = as_scheduler(name, pipe.scheduler.config)
     n_steps, guidance = 6, 5.0
-    init = initial_noise([20, 21], (4, 8, 8))  # 4-channel images are taken as latents (no VAE encode)
+    init = initial_noise([20, 21], (4, 8, 8), device=DEVICE)  # 4-channel images are taken as latents (no VAE encode)
     latents = pipe(PROMPTS, image=init, strength=0.5, num_inference_steps=n_steps, guidance_scale=guidance,
                    generator=torch.Generator().manual_seed(4), output_type="latent").images
 
     t_start = n_steps - int(n_steps * 0.5)  # diffusers' img2img get_timesteps
     sigmas = schedules.discrete(ALPHAS_CUMPROD, n_steps, "leading", 1)[t_start:]
-    noise = torch.randn(init.shape, generator=torch.Generator().manual_seed(4))  # the pipeline's first draw
+    noise = torch.randn(init.shape, generator=torch.Generator().manual_seed(4)).to(DEVICE)  # the pipeline's first draw
     ref, info = sample(name, _cfg_denoiser(pipe, guidance), init + noise * float(sigmas[0]), sigmas, return_info=True)
     assert len(pipe.scheduler.timesteps) - pipe.scheduler.begin_index == info.nfe
     assert (latents - ref).abs().max() <= 1e-4, (latents - ref).abs().max()
@@ -190,18 +204,18 @@ def test_ddpm_pipeline_equals_optsample_loop():
         sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(8, 16),
         down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
         norm_num_groups=4, attention_head_dim=4,
-    ).eval()
+    ).eval().to(DEVICE)
     ddpm_config = DDPMScheduler(num_train_timesteps=1000).config
-    pipe = DDPMPipeline(unet=unet, scheduler=as_scheduler("dpm_2", ddpm_config))
+    pipe = DDPMPipeline(unet=unet, scheduler=as_scheduler("dpm_2", ddpm_config)).to(DEVICE)
     pipe.set_progress_bar_config(disable=True)
     images = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=4, output_type="np").images
 
     alphas_cumprod = DDPMScheduler(num_train_timesteps=1000).alphas_cumprod
     sigmas = schedules.discrete(alphas_cumprod, 4)
-    noise = torch.randn((2, 3, 8, 8), generator=torch.Generator().manual_seed(0))  # the pipeline's x_T (VP, std 1)
+    noise = torch.randn((2, 3, 8, 8), generator=torch.Generator().manual_seed(0)).to(DEVICE)  # the pipeline's x_T
     denoiser = DiscreteVPDenoiser(lambda x_t, t: unet(x_t, t).sample, alphas_cumprod)
     ref = sample("dpm_2", denoiser, noise * math.sqrt(float(sigmas[0]) ** 2 + 1), sigmas)
-    ref_images = (ref / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()  # DDPMPipeline's post-processing
+    ref_images = (ref / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()  # DDPMPipeline's post-processing
     assert len(pipe.scheduler.timesteps) == 7
     assert abs(images - ref_images).max() <= 1e-4, abs(images - ref_images).max()
 
@@ -250,7 +264,7 @@ def test_sampler_exceptions_surface_and_threads_never_leak():
     baseline = len(_workers())
     scheduler = as_scheduler("heun", SCHEDULER_KWARGS)
     scheduler.set_timesteps(4)
-    x = torch.randn(2, 3) * scheduler.init_noise_sigma
+    x = torch.randn(2, 3, device=DEVICE) * scheduler.init_noise_sigma
     with pytest.raises(NonFiniteError, match="non-finite values at step 0"):
         scheduler.step(torch.full_like(x, math.nan), scheduler.timesteps[0], x)
     assert len(_workers()) == baseline
@@ -260,9 +274,22 @@ def test_sampler_exceptions_surface_and_threads_never_leak():
     assert len(_workers()) == baseline + 1  # suspended at evaluation 1
     scheduler.set_timesteps(4)  # a new run cancels the old one
     assert len(_workers()) == baseline
-    x = torch.randn(2, 3) * scheduler.init_noise_sigma
+    x = torch.randn(2, 3, device=DEVICE) * scheduler.init_noise_sigma
     scheduler.step(torch.zeros_like(x), scheduler.timesteps[0], x)
     assert len(_workers()) == baseline + 1
     del scheduler
     gc.collect()  # garbage collection cancels a suspended run
     assert len(_workers()) == baseline
+
+
+def test_step_noise_seeds_follow_optsample_sample():
+    """One generator: seeds base + k exactly as sample(generator=...); a list: one seed per sample; else noise_seed."""
+    from optsample.diffusers_scheduler import seeds_for
+    from optsample.samplers.core import seeds_from_generator
+
+    assert seeds_for(3, torch.Generator().manual_seed(7)) == seeds_from_generator(torch.Generator().manual_seed(7), 3)
+    per_sample = seeds_for(2, [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)])
+    assert per_sample == [seeds_from_generator(torch.Generator().manual_seed(s), 1)[0] for s in (1, 2)]
+    assert seeds_for(2, None, noise_seed=40) == [40, 41] and seeds_for(2) is None
+    with pytest.raises(ValueError, match="got 3 generators for a batch of 2"):
+        seeds_for(2, [torch.Generator()] * 3)

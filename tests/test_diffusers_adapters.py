@@ -15,14 +15,15 @@ import numpy as np
 import pytest
 import torch
 from diffusers import (
-    AutoencoderKL, DDIMScheduler, DDPMPipeline, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
-    StableDiffusionImg2ImgPipeline, StableDiffusionPipeline, UNet2DConditionModel, UNet2DModel,
+    DDIMScheduler, DDPMPipeline, DPMSolverMultistepScheduler, EulerDiscreteScheduler, StableDiffusionImg2ImgPipeline,
+    StableDiffusionPipeline, UNet2DModel,
 )
-from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPConfig, CLIPModel
 
 import optsample
 from optsample.models.diffusers_adapters import (
-    StableDiffusionDenoiser, img2img_sigmas, load_stable_diffusion, load_unet_denoiser, unet_denoiser,
+    TINY_TEXT_CONFIG, StableDiffusionDenoiser, img2img_sigmas, load_stable_diffusion, load_unet_denoiser,
+    tiny_stable_diffusion, unet_denoiser,
 )
 from optsample.prompts import coco_captions, load_prompts, prompt_conditioning
 
@@ -30,45 +31,11 @@ from helpers import SCHEDULER_KWARGS
 
 TOL = 1e-4  # max abs diff, float32
 N_STEPS = 5
-WORDS = ["a", "photo", "of", "red", "cat", "blue", "dog", "on", "the", "grass"]
-PROMPTS = ["a photo of a red cat", "a blue dog on the grass"]
-TEXT = dict(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-            num_attention_heads=4, max_position_embeddings=16)
-
-
-def write_tokenizer(folder) -> CLIPTokenizer:
-    """A CLIP BPE tokenizer over WORDS (vocab.json + merges.txt written here; model_max_length 16)."""
-    vocab, merges = {"<|startoftext|>": 0, "<|endoftext|>": 1}, []
-    for char in sorted(set("".join(WORDS))):
-        vocab.setdefault(char, len(vocab))
-        vocab.setdefault(char + "</w>", len(vocab))
-    for word in WORDS:  # left-to-right merges building each word
-        parts = list(word[:-1]) + [word[-1] + "</w>"]
-        while len(parts) > 1:
-            merges.append(f"{parts[0]} {parts[1]}")
-            parts = [parts[0] + parts[1]] + parts[2:]
-            vocab.setdefault(parts[0], len(vocab))
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(dict.fromkeys(merges)) + "\n")
-    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
+PROMPTS = ["a photo of a red cat", "a blue dog on the grass"]  # words of TINY_WORDS
 
 
 def tiny_sd_components(tmp_path, scheduler) -> dict:
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(16, 32),
-        norm_num_groups=8, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32, attention_head_dim=4,
-    )
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32), norm_num_groups=8,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=16,
-    )
-    tokenizer = write_tokenizer(tmp_path / "tokenizer_files")
-    text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), **TEXT))
-    return dict(unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer,
-                scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    return tiny_stable_diffusion(tmp_path / "tokenizer_files", scheduler)
 
 
 def ddim():
@@ -278,7 +245,7 @@ def cli(*args) -> int:
 
 
 def save_tiny_clip(folder, tokenizer) -> None:
-    config = CLIPConfig(text_config=dict(vocab_size=len(tokenizer), **TEXT), projection_dim=16,
+    config = CLIPConfig(text_config=dict(vocab_size=len(tokenizer), **TINY_TEXT_CONFIG), projection_dim=16,
                         vision_config=dict(image_size=16, patch_size=4, hidden_size=32, intermediate_size=37,
                                            num_hidden_layers=2, num_attention_heads=4))
     torch.manual_seed(9)  # a seed whose image/text cosines are positive here (the clamp at 0 inactive)

@@ -38,7 +38,7 @@ class StubLogger:
     def __init__(self, cfg, **kw):
         StubLogger.calls.append(("make", cfg, kw))
 
-    def log_run(self, config, metrics, samples, trajectory):
+    def log_run(self, config, metrics, samples, trajectory, log_density=None):
         if StubLogger.fail:
             raise RuntimeError("W&B is down")
         StubLogger.calls.append(("log_run", config, metrics, samples, trajectory))
