@@ -38,6 +38,13 @@ seeds ``base + k`` with ``base`` one draw from the ``generator`` the pipeline pa
 ``noise_seed + k`` from the config, else torch's global RNG. The draw happens at the sampler's first noise
 request, so a deterministic sampler never touches the pipeline's generator.
 
+Starting mid-schedule (img2img: ``set_begin_index(t_start * order)``). ``order`` is the number of
+evaluations of the first step (2 for heun, dpm_2, dpmpp_sde, ...; 1 for single-evaluation samplers), and
+the sampler is restarted on the rest of the step schedule, which must evaluate exactly at the remaining
+timesteps (checked; nesterov's look-ahead and plms' warm-up are examples that cannot restart everywhere).
+The sampler keeps its own state: latents edited between steps (a ``callback_on_step_end`` returning new
+latents) are refused with ValueError rather than silently ignored.
+
 Threads. The worker is a daemon thread; it is cancelled when ``set_timesteps`` is called again and when
 the scheduler is garbage collected, and finishes by itself after the last ``step``. An exception in the
 sampler (e.g. :class:`~optsample.samplers.NonFiniteError`) is re-raised by ``step`` in the pipeline's thread.
@@ -47,6 +54,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from contextlib import ExitStack, nullcontext
 import queue
 import threading
 import warnings
@@ -166,7 +174,7 @@ class SamplerCoroutine:
             return reply
 
         try:
-            with thread_state() if thread_state is not None else _nothing():
+            with thread_state() if thread_state is not None else nullcontext():
                 result = run(model)
         except _Cancelled:
             return
@@ -195,14 +203,6 @@ class SamplerCoroutine:
             self._thread.join(timeout)
 
 
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
 def _caller_thread_state(device: torch.device):
     """A context manager factory re-creating the caller's grad / inference mode and CUDA stream in the worker.
 
@@ -212,8 +212,6 @@ def _caller_thread_state(device: torch.device):
     stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
 
     def enter():
-        from contextlib import ExitStack
-
         stack = ExitStack()
         stack.enter_context(torch.inference_mode() if inference else torch.set_grad_enabled(grad))
         if stream is not None:

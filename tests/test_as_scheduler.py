@@ -87,6 +87,13 @@ def test_timesteps_are_the_fractional_training_timesteps_of_the_evaluation_sigma
     assert scheduler.order == 2 and scheduler.sigmas[-1] == 0
     assert scheduler.init_noise_sigma == pytest.approx(float(sigmas[0]) / math.sqrt(float(sigmas[0]) ** 2 + 1))
 
+    scheduler.set_timesteps(sigmas=[10.0, 3.0, 1.0])  # a pipeline's custom sigmas= (0 appended)
+    assert scheduler.schedule_sigmas.tolist() == [10.0, 3.0, 1.0, 0.0] and len(scheduler.timesteps) == 5
+    scheduler.set_timesteps(timesteps=[999, 500])  # custom timesteps=: their training sigmas
+    assert torch.allclose(scheduler.schedule_sigmas[:2], schedules.discrete(ALPHAS_CUMPROD, 1000)[[0, 499]], rtol=1e-6)
+    with pytest.raises(ValueError, match="exactly one of num_inference_steps, sigmas, timesteps"):
+        scheduler.set_timesteps(4, sigmas=[1.0])
+
 
 # ------------------------------------------------------------------------------ tiny Stable Diffusion
 
