@@ -135,6 +135,8 @@ class BuiltModel:
     conditioning: Callable[[list], dict] | None = None
     # Extra fields for optsample.metrics.MetricContext (reference data, feature net, ...).
     metric_args: dict = field(default_factory=dict)
+    # Samples -> images in [-1, 1] for the metrics and the logger (e.g. a VAE decoder for latent models).
+    decode: Callable[[Any], Any] | None = None
 
 
 @dataclass

@@ -59,7 +59,8 @@ def model_dtype(name: str) -> torch.dtype:
 
 
 class InDtype:
-    """Run a denoiser in ``dtype``: x and sigma are cast to it, the output back to x's dtype.
+    """Run a denoiser in ``dtype``: x is cast to it, the output back to x's dtype; sigma stays in the
+    sampler's precision (float16 would move a discrete timestep by up to ~0.4).
 
     The sampler's state stays float32 (core.sample's state dtype); only the model computes in half
     precision, as diffusers upcasts in ``step`` (shared/REFERENCES.md, diffusers #7426).
@@ -69,4 +70,4 @@ class InDtype:
         self.inner, self.dtype = denoiser, dtype
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **extra) -> torch.Tensor:
-        return self.inner(x.to(self.dtype), sigma.to(self.dtype), **extra).to(x.dtype)
+        return self.inner(x.to(self.dtype), sigma, **extra).to(x.dtype)

@@ -291,12 +291,13 @@ def execute(cfg: dict, *, job_num: int = 0, run_dir: str | None = None) -> dict:
     with torch.inference_mode():
         samples, x_start, nfe, sample_s, trajectory = generate(plan, built, sigmas, device)
         t_score = time.perf_counter()
-        metric_values = score(plan, built, samples, x_start, sigmas, device)
+        images = built.decode(samples) if built.decode is not None else samples
+        metric_values = score(plan, built, images, x_start, sigmas, device)
         score_s = time.perf_counter() - t_score
     row = make_row(plan, metric_values, nfe=nfe, steps=len(sigmas) - 1, device=device)
     t_log = time.perf_counter()
     log_density = getattr(built.denoiser, "log_prob", None) if trajectory else None
-    log_run(plan, metric_values, samples, trajectory, run_dir or str(plan.results_dir), log_density)
+    log_run(plan, metric_values, images, trajectory, run_dir or str(plan.results_dir), log_density)
     total_s = time.perf_counter() - t_begin
     row.update({
         "time.build_s": build_s, "time.sample_s": sample_s, "time.score_s": score_s,

@@ -75,7 +75,7 @@ class UNetOutput(nn.Module):
         self.unet = unet
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, class_labels=None) -> torch.Tensor:
-        return self.unet(x_t, t, class_labels=class_labels, return_dict=False)[0]
+        return self.unet(x_t.to(self.unet.dtype), t, class_labels=class_labels, return_dict=False)[0]
 
 
 class Float64Schedule:
@@ -139,6 +139,7 @@ class GuidedUNet(nn.Module):
         check_guidance(self.guidance_scale, self.guidance_rescale)
 
     def forward(self, x_t, t, *, prompt_embeds, negative_prompt_embeds=None) -> torch.Tensor:
+        x_t = x_t.to(self.unet.dtype)  # the sampler state may be float32 around a half-precision network
         if self.guidance_scale <= 1:
             return self.unet(x_t, t, encoder_hidden_states=prompt_embeds, return_dict=False)[0]
         both = self.unet(torch.cat([x_t, x_t]), torch.cat([t, t]),
