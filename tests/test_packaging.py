@@ -1,5 +1,6 @@
 """The installed form (a wheel, not the editable checkout) still finds its Hydra configs."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -8,9 +9,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_wheel_ships_conf_and_the_runner_finds_it(tmp_path):
-    wheel_dir, site = tmp_path / "wheel", tmp_path / "site"
+    wheel_dir, site, source = tmp_path / "wheel", tmp_path / "site", tmp_path / "source"
+    # build from a copy so setuptools' build/ and egg-info never land in the checkout
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for folder in ("optsample", "conf"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheel_dir),
-                    str(ROOT)], check=True, cwd=tmp_path)
+                    str(source)], check=True, cwd=tmp_path)
     wheel = next(wheel_dir.glob("optsample-*.whl"))
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
                    check=True, cwd=tmp_path)
