@@ -21,6 +21,7 @@ from typing import Annotated
 import torch
 
 from .core import add_noise, euler_step, steps, to_d
+from .transforms import ema
 from .registry import Choice, Range, register
 
 NonNegative = Annotated[float, Range(0.0)]
@@ -222,7 +223,8 @@ def _solve(rks: list[float], b: list[float]) -> list[float]:
     return torch.linalg.solve(vandermonde, torch.tensor(b, dtype=torch.float64)).tolist()
 
 
-def _unipc_update(x, sigma_s0: float, sigma_t: float, past: History, order: int, variant: str, denoised_t=None):
+def _unipc_update(x, sigma_s0: float, sigma_t: float, past: History, order: int, variant: str, denoised_t=None,
+                  velocity: list | None = None):
     """UniP (``denoised_t`` None) or UniC step of ``order`` from sigma_s0 to sigma_t (0 < sigma_t < sigma_s0).
 
     x_t = (sigma_t / sigma_s0) x - h phi_1 m0 - B(h) (sum_k rho_k D1_k [+ rho_c (m_t - m0)]),
@@ -240,35 +242,61 @@ def _unipc_update(x, sigma_s0: float, sigma_t: float, past: History, order: int,
     else:  # corrector: order 1 uses rho = 1/2 (UniC-1)
         rhos = [0.5] if order == 1 else _solve(rks + [1.0], b)
         d1s = d1s + [denoised_t - m0]
+    correction = sum(rho * d1 for rho, d1 in zip(rhos, d1s)) * b_h if d1s else None
+    if velocity is not None:  # heavy ball on the combined data estimate m0 + correction / h phi_1
+        combined = m0 if correction is None else m0 + correction / h_phi_1
+        velocity[0] = ema(velocity[0], combined, velocity[1])
+        return x * (sigma_t / sigma_s0) - velocity[0] * h_phi_1
     x_t = x * (sigma_t / sigma_s0) - m0 * h_phi_1
-    if d1s:
-        x_t = x_t - sum(rho * d1 for rho, d1 in zip(rhos, d1s)) * b_h
-    return x_t
+    return x_t if correction is None else x_t - correction
+
+
+def _unipc_loop(model, x, sigmas, callback, order, variant, lower_order_final, corrector, beta=None):
+    """UniPC's loop; with ``beta`` the predictor and the corrector each keep a heavy-ball velocity of their
+    combined data estimates (Wizadwongsa et al. 2024, ``MomentumUniPCMultistepScheduler``)."""
+    n_steps = len(sigmas) - 1
+    past = History(order)  # (sigma, denoised), newest first
+    velocity_p, velocity_c = ([None, beta], [None, beta]) if beta is not None else (None, None)
+    x_last, last_order = None, 0
+    for i, sigma, sigma_next in steps(sigmas):
+        denoised = model(x, sigma)
+        if x_last is not None and corrector:
+            x = _unipc_update(x_last, past.sigmas[0], sigma, past, last_order, variant, denoised_t=denoised,
+                              velocity=velocity_c)
+        callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "sigma_next": sigma_next, "denoised": denoised})
+        past.push(sigma, denoised)
+        last_order = min(order, i + 1, n_steps - i if lower_order_final and n_steps < 15 else order)
+        x_last = x
+        x = denoised if sigma_next == 0 else _unipc_update(x, sigma, sigma_next, past, last_order, variant,
+                                                           velocity=velocity_p)
+    return x
+
+
+UniPCOrder = Annotated[int, Range(1, 3)]
+UniPCVariant = Annotated[str, Choice("bh1", "bh2")]
 
 
 @register("unipc")
-def unipc(model, x, sigmas, *, callback, noise_sampler, order: Annotated[int, Range(1, 3)] = 2,
-          variant: Annotated[str, Choice("bh1", "bh2")] = "bh2", lower_order_final: bool = True,
-          corrector: bool = True):
+def unipc(model, x, sigmas, *, callback, noise_sampler, order: UniPCOrder = 2, variant: UniPCVariant = "bh2",
+          lower_order_final: bool = True, corrector: bool = True):
     """UniPC: UniP-p predictor + UniC corrector reusing the next model output (Zhao et al. 2023, Alg. 2).
 
     Data prediction, lower-order warm-up (order min(order, i + 1)) and, with ``lower_order_final`` on
     schedules of fewer than 15 steps, lower orders at the end (min(order, steps - i)) as diffusers'
     UniPCMultistepScheduler does; no corrector after the last step, so NFE = steps. UniC raises the
     order of accuracy by one (Zhao et al. 2023, Thm. 3.3): ``order=p`` converges with order p + 1, and
-    ``corrector=False`` (diffusers' ``disable_corrector`` on every step) leaves the order-p predictor. The callback's ``x`` is the corrected iterate
-    (``denoised`` was evaluated before the correction, as UniPC prescribes).
+    ``corrector=False`` (diffusers' ``disable_corrector`` on every step) leaves the order-p predictor.
+    The callback's ``x`` is the corrected iterate (``denoised`` was evaluated before the correction).
     """
-    n_steps = len(sigmas) - 1
-    past = History(order)  # (sigma, denoised), newest first
-    x_last, last_order = None, 0
-    for i, sigma, sigma_next in steps(sigmas):
-        denoised = model(x, sigma)
-        if x_last is not None and corrector:
-            x = _unipc_update(x_last, past.sigmas[0], sigma, past, last_order, variant, denoised_t=denoised)
-        callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "sigma_next": sigma_next, "denoised": denoised})
-        past.push(sigma, denoised)
-        last_order = min(order, i + 1, n_steps - i if lower_order_final and n_steps < 15 else order)
-        x_last = x
-        x = denoised if sigma_next == 0 else _unipc_update(x, sigma, sigma_next, past, last_order, variant)
-    return x
+    return _unipc_loop(model, x, sigmas, callback, order, variant, lower_order_final, corrector)
+
+
+@register("unipc_momentum")
+def unipc_momentum(model, x, sigmas, *, callback, noise_sampler, beta: Annotated[float, Range(0.0, 1.0, high_open=True)] = 0.2,
+                   order: UniPCOrder = 2, variant: UniPCVariant = "bh2", lower_order_final: bool = True,
+                   corrector: bool = True):
+    """UniPC with heavy ball on the predictor's and the corrector's combined data estimates,
+    vel = beta vel + (1 - beta) D_comb (Wizadwongsa et al. 2024, ``MomentumUniPCMultistepScheduler``, their
+    b = 1 - beta; their released code overwrites the predictor's velocity, so only its corrector has
+    momentum). beta = 0: UniPC (to rounding: the combination is divided by h phi_1 and multiplied back)."""
+    return _unipc_loop(model, x, sigmas, callback, order, variant, lower_order_final, corrector, beta)
