@@ -18,11 +18,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
 	touch $@
 
-# The default study: classic solvers and update rules x NFE on a 2-D Gaussian mixture (W&B offline),
-# then its table. Result rows go to runs/gmm_solvers (a re-run skips finished runs).
+# The main job: the default study (classic solvers and update rules x NFE 4/6/10/20 on the shipped
+# digits model and on gmm64), W&B offline, tables / plots / sample grids under results/default_study.
+# Result rows go to runs/default_study; a re-run skips finished runs. One torch thread: on 2 shared
+# cores a second thread slowed the small networks down.
 run: env
-	$(BIN)/optsample-run -m experiment=gmm_solvers
-	$(BIN)/optsample-table runs/gmm_solvers --metric rmse --cols nfe_budget --out results/gmm_solvers
+	OMP_NUM_THREADS=1 $(BIN)/optsample-study
 
 test: env
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline OMP_NUM_THREADS=2 $(BIN)/python -m pytest tests

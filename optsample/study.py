@@ -173,7 +173,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default=None, help="tables, plots, grids (default results/<name>)")
     parser.add_argument("--samplers", default=None, help="comma-separated, overrides the preset's list")
     parser.add_argument("--nfe", default=None, help="comma-separated NFE budgets, overrides the preset's list")
-    parser.add_argument("--n-digits", type=int, default=None, help="samples per digits run (default 1000; tiny 50)")
+    parser.add_argument("--n-digits", type=int, default=None, help="samples per digits run (default 500; tiny 50)")
     parser.add_argument("--n-gmm", type=int, default=None, help="samples per gmm64 run (default 1000; tiny 200)")
     parser.add_argument("--logger", default="wandb", choices=["wandb", "csv", "none"], help="sweep table (W&B offline)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     name = args.name or ("tiny_study" if args.tiny else EXPERIMENT)
     runs_dir = Path(args.runs_dir or f"runs/{name}").absolute()
     out = Path(args.out or f"results/{name}").absolute()
-    n_digits = args.n_digits or (50 if args.tiny else 1000)
+    n_digits = args.n_digits or (50 if args.tiny else 500)
     n_gmm = args.n_gmm or (200 if args.tiny else 1000)
     torch.set_num_threads(args.threads)
     common = [f"name={name}", f"results_dir={runs_dir}", "logger=none", "progress=false", "device=cpu"]

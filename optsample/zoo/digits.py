@@ -27,7 +27,7 @@ SAMPLE_SHAPE = (1, 8, 8)
 @dataclass
 class DigitsConfig(ModelConfig):
     name: str = "digits"
-    guidance: float = 2.0  # classifier-free guidance scale (Ho & Salimans 2022): 1 = conditional model
+    guidance: float = 1.5  # classifier-free guidance scale (Ho & Salimans 2022): 1 = conditional model
     checkpoint: Optional[str] = None  # None: the shipped weights (optsample/assets/digits_edm.safetensors)
 
 
