@@ -19,7 +19,7 @@ from optsample.samplers.core import steps_for_nfe
 NFES = (5, 10, 20)
 BATCH = 256
 CLASSIC = [("euler", {}), ("heun", {}), ("lms", {}), ("dpmpp_2m", {}), ("unipc", {})]
-RULES = ["sgd", "momentum", "nesterov", "ghvb", "plms_momentum", "dpmpp_2m_momentum", "adam", "rmsprop", "lion",
+RULES = ["sgd", "momentum", "nesterov", "ghvb", "plms_momentum", "dpmpp_2m_momentum", "unipc_momentum", "adam", "rmsprop", "lion",
          "eps_scaling", "ema_x0"]
 VARIANTS = [  # the calibration points of the issue, and the consistent alternatives
     ("momentum", {"beta": 0.5}), ("momentum", {"beta": 0.8}),
