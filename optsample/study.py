@@ -158,6 +158,9 @@ def write_grids(samplers: list[str], nfes: list[int], common: list[str], out: Pa
     return written + [path]
 
 
+PRINTED_METRICS = ("fid", "accuracy", "rmse")
+
+
 def log_to_wandb(rows: list[dict], logger: str, name: str, runs_dir: Path) -> None:
     """All rows as one W&B table (offline unless configured otherwise), or sweep_table.csv for csv."""
     from . import loggers
@@ -216,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    for table in sorted(out.glob("*/*_by_nfe.md")):  # the headline tables on the terminal too
+        if table.name.split("_by_")[0] in PRINTED_METRICS:
+            print(f"\nmodel={table.parent.name}: {table.read_text(encoding='utf-8')}")
     print(json.dumps(summary))
     print(f"wrote {len(written) + 1} files under {out}")
     return 0
