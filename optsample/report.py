@@ -87,7 +87,7 @@ def _label(value) -> str:
 
 def _warn_mixed_cells(frame: pd.DataFrame, keys: list[str], value_column: str) -> None:
     """Warn when rows averaged into one cell differ in a setting other than the seed."""
-    ignored = set(keys) | {value_column, "seed", "config_hash"}
+    ignored = set(keys) | {value_column, "seed", "config_hash", "timestamp"}
     settings = [c for c in frame.columns if c not in ignored and not str(c).startswith(("metric.", "time.", "nfe"))]
     mixed = [c for c in settings if frame.groupby(keys, dropna=False)[c].nunique(dropna=False).gt(1).any()]
     if mixed:

@@ -126,3 +126,15 @@ def test_extra_args_reach_the_model():
 
     sample("euler", model, start(), sigmas_for(), extra_args={"label": 7})
     assert got["label"] == 7
+
+
+def test_seeds_differing_only_above_32_bits_give_different_noise():
+    """torch's CPU generator keeps the low 32 bits of a seed; the runner's seeds are (seed << 32) + k."""
+    a = optsample.initial_noise([(1 << 32) + 5], (8,))
+    b = optsample.initial_noise([(2 << 32) + 5], (8,))
+    assert not torch.equal(a, b)
+    assert torch.equal(optsample.initial_noise([5], (8,)), optsample.initial_noise([5], (8,)))
+    x = torch.zeros(1, 8)
+    first = optsample.samplers.SeededNoise(x, [(1 << 32) + 5])()
+    second = optsample.samplers.SeededNoise(x, [(2 << 32) + 5])()
+    assert not torch.equal(first, second)

@@ -143,6 +143,12 @@ def churn(x, sigma: float, n_steps: int, noise_sampler, s_churn: float, s_tmin: 
 # Noise: per-sample streams so that sample k is identical whatever the batch size.
 
 
+def fold_seed(seed: int) -> int:
+    """A 64-bit seed folded to the 32 bits torch's CPU generator keeps (mt19937 seeds from the low 32 bits
+    only, so seeds (s << 32) + k would all collide with k). Seeds below 2**32 are unchanged."""
+    return (seed ^ ((seed >> 32) * 0x9E3779B9)) & 0xFFFFFFFF
+
+
 class SeededNoise:
     """A k-diffusion compatible ``noise_sampler(sigma, sigma_next)`` with one generator per sample.
 
@@ -156,7 +162,7 @@ class SeededNoise:
             raise ValueError(f"seeds has {len(seeds)} entries but the batch has {x.shape[0]} samples")
         self.shape = tuple(x.shape[1:])
         self.dtype, self.device = x.dtype, x.device
-        self.generators = [torch.Generator().manual_seed((int(s) + STEP_NOISE_SEED_OFFSET) % 2**63) for s in seeds]
+        self.generators = [torch.Generator().manual_seed(fold_seed((int(s) + STEP_NOISE_SEED_OFFSET) % 2**63)) for s in seeds]
 
     def __call__(self, sigma=None, sigma_next=None) -> torch.Tensor:
         noise = torch.stack([torch.randn(self.shape, generator=g, dtype=self.dtype) for g in self.generators])
@@ -168,7 +174,7 @@ def initial_noise(seeds: Sequence[int], shape: Sequence[int], *, dtype=torch.flo
 
     Multiply by ``sigmas[0]`` to start a sampler. Uses a stream distinct from :class:`SeededNoise`.
     """
-    noise = [torch.randn(tuple(shape), generator=torch.Generator().manual_seed(int(s)), dtype=dtype) for s in seeds]
+    noise = [torch.randn(tuple(shape), generator=torch.Generator().manual_seed(fold_seed(int(s))), dtype=dtype) for s in seeds]
     return torch.stack(noise).to(device)
 
 
