@@ -13,6 +13,7 @@ hash of the resolved config. A run whose row exists is skipped (``force=true`` r
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import platform
@@ -173,6 +174,22 @@ def sample_seeds(seed: int, start: int, stop: int) -> list[int]:
     return [(seed << 32) + k for k in range(start, stop)]
 
 
+_LAST_BUILT: dict = {}  # the last model built in this process, keyed by its config, device and dtype
+
+
+def build_model(model_cfg: dict, device: torch.device, dtype: torch.dtype) -> C.BuiltModel:
+    """Build (or reuse) the model: a sweep in one process builds each model once, and analytic metrics'
+    reference solutions, cached per model object, are then computed once per starting noise."""
+    key = (json.dumps(model_cfg, sort_keys=True, default=str), str(device), str(dtype))
+    if key not in _LAST_BUILT:
+        _LAST_BUILT.clear()  # keep one model alive at most
+        built = C.MODELS[model_cfg["name"]].build(model_cfg)
+        if isinstance(built.denoiser, torch.nn.Module):
+            built.denoiser.to(device, dtype).eval()
+        _LAST_BUILT[key] = built
+    return _LAST_BUILT[key]
+
+
 def batch_conditioning(built: C.BuiltModel, indices, device) -> dict:
     """The model's per-sample conditioning for these sample indices, tensors moved to ``device``."""
     if built.conditioning is None:
@@ -283,9 +300,7 @@ def execute(cfg: dict, *, job_num: int = 0, run_dir: str | None = None) -> dict:
             return existing
     device = resolve_device(cfg["device"], job_num)
     t_build = time.perf_counter()
-    built = C.MODELS[cfg["model"]["name"]].build(cfg["model"])
-    if isinstance(built.denoiser, torch.nn.Module):
-        built.denoiser.to(device, plan.dtype).eval()
+    built = build_model(cfg["model"], device, plan.dtype)
     sigmas = plan.sigmas if plan.sigmas is not None else _make_sigmas(cfg, plan.steps, built.schedule_args)
     build_s = time.perf_counter() - t_build
     with torch.inference_mode():
