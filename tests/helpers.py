@@ -17,6 +17,17 @@ def vp_models(alphas_cumprod, dim: int = 8, seed: int = 1):
     return eps_net, DiscreteVPDenoiser(eps_net, alphas_cumprod)
 
 
+class CountingEps:
+    """The eps network handed to diffusers, counting its evaluations."""
+
+    def __init__(self, net):
+        self.net, self.calls = net, 0
+
+    def __call__(self, x_t, t):
+        self.calls += 1
+        return self.net(x_t, t)
+
+
 def run_diffusers(scheduler, eps_net, x_start: torch.Tensor, generator: torch.Generator | None = None, **step_kwargs):
     """The standard diffusers denoising loop; ``x_start`` is unit-variance noise (scaled by init_noise_sigma)."""
     x = x_start * scheduler.init_noise_sigma

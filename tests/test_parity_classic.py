@@ -27,22 +27,13 @@ import optsample
 from optsample.models import GaussianMixture
 from optsample.samplers.classic import lms_coefficients
 
-from helpers import SCHEDULER_KWARGS, run_diffusers, vp_models
+from helpers import SCHEDULER_KWARGS, CountingEps, run_diffusers, vp_models
 
 N_STEPS = 10
 BATCH, DIM = 4, 8
 TOL = 1e-5  # float32 parity bound (max abs diff over the batch)
 
 
-class CountingEps:
-    """The eps network handed to diffusers, counting its evaluations."""
-
-    def __init__(self, net):
-        self.net, self.calls = net, 0
-
-    def __call__(self, x_t, t):
-        self.calls += 1
-        return self.net(x_t, t)
 
 
 def make_scheduler(cls, **config):

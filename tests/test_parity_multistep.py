@@ -15,7 +15,7 @@ from diffusers import DPMSolverMultistepScheduler, PNDMScheduler, UniPCMultistep
 
 import optsample
 from optsample.models import GaussianMixture
-from helpers import SCHEDULER_KWARGS, run_diffusers, vp_models
+from helpers import SCHEDULER_KWARGS, CountingEps, run_diffusers, vp_models
 
 # float32 parity bound. diffusers does its step arithmetic in float32 on alphas_cumprod / sigmas
 # (sqrt, log, products); samples are of size ~4 here, so rounding differences reach a few 1e-6.
@@ -25,15 +25,6 @@ ATOL = 1e-5
 ATOL_PNDM = 2e-5
 
 
-class CountingEps:
-    """diffusers' view of the model (an eps network), counting calls."""
-
-    def __init__(self, eps_net):
-        self.eps_net, self.calls = eps_net, 0
-
-    def __call__(self, x_t, t):
-        self.calls += 1
-        return self.eps_net(x_t, t)
 
 
 def start_noise(batch: int = 16, dim: int = 8, dtype=torch.float32) -> torch.Tensor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..models.wrappers import sigma_batch
 from .nets import NULL_CLASS
 
 
@@ -31,7 +32,7 @@ class GuidedDenoiser(torch.nn.Module):
             raise ValueError(f"class_labels must be {x.shape[0]} integers in 0..9, got {class_labels.tolist()[:12]}")
         if self.guidance == 1:
             return self.denoiser(x, sigma, class_labels=class_labels)
-        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1).expand(x.shape[0])
+        sigma = sigma_batch(sigma, x)
         both = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), class_labels=torch.cat([class_labels, null]))
         conditional, unconditional = both.chunk(2)
         return unconditional + self.guidance * (conditional - unconditional)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from .wrappers import sigma_batch
+
 
 class EmpiricalDenoiser:
     """The exact denoiser ``D(x, sigma)`` of the data set ``data`` ([N, ...], any trailing shape).
@@ -88,7 +90,7 @@ class EmpiricalDenoiser:
     def denoise(self, x: torch.Tensor, sigma) -> torch.Tensor:
         """E[y | x] with an online softmax over chunks of data (Karras et al. 2022, eq. 57)."""
         x_flat = self._flatten(x)
-        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1).expand(x.shape[0])
+        sigma = sigma_batch(sigma, x)
         x_sq = (x_flat * x_flat).sum(1)
         inv_two_var = (1 / (2 * sigma**2))[:, None]  # inf where sigma == 0, handled below
         running_max = torch.full((x.shape[0], 1), -float("inf"), dtype=x.dtype, device=x.device)

@@ -9,12 +9,7 @@ import math
 
 import torch
 
-from .wrappers import check_prediction_type, expand as _expand, vp_denoised
-
-
-def _sigma_batch(sigma, x: torch.Tensor) -> torch.Tensor:
-    """sigma as a [B] tensor in x's dtype and device (a scalar is broadcast)."""
-    return torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1).expand(x.shape[0])
+from .wrappers import check_prediction_type, expand as _expand, sigma_batch as _sigma_batch, vp_denoised
 
 
 class EDMPrecond(torch.nn.Module):

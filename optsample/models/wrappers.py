@@ -20,6 +20,11 @@ def expand(v: torch.Tensor, ndim: int) -> torch.Tensor:
     return v.reshape(v.shape + (1,) * (ndim - v.ndim))
 
 
+def sigma_batch(sigma, x: torch.Tensor) -> torch.Tensor:
+    """sigma as a [B] tensor in x's dtype and device (a scalar is broadcast to the batch)."""
+    return torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1).expand(x.shape[0])
+
+
 def check_prediction_type(prediction_type: str) -> None:
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"prediction_type {prediction_type!r} is not one of {list(PREDICTION_TYPES)}")

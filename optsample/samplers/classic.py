@@ -17,10 +17,8 @@ from typing import Annotated, Callable
 from numpy.polynomial import Polynomial
 
 from .core import add_noise, ancestral_step, churn, euler_step, steps, to_d
-from .registry import Range, register
+from .registry import NonNegative, Range, UnitInterval, register
 
-NonNegative = Annotated[float, Range(0.0)]
-UnitInterval = Annotated[float, Range(0.0, 1.0)]
 
 # A second-order correction: (model, x, d, sigma, sigma_next) -> x at sigma_next, given d = to_d at (x, sigma).
 Correction = Callable

@@ -22,9 +22,8 @@ import torch
 
 from .core import add_noise, euler_step, steps, to_d
 from .transforms import ema
-from .registry import Choice, Range, register
+from .registry import Choice, Decay, NonNegative, Range, register
 
-NonNegative = Annotated[float, Range(0.0)]
 
 # Adams-Bashforth coefficients, newest first (PNDM, Liu et al. 2022, eq. 12 for order 4; orders 1-3 as
 # in diffusers PNDMScheduler.step_plms and iPNDM, Zhang & Chen 2023, DEIS appendix).
@@ -292,7 +291,7 @@ def unipc(model, x, sigmas, *, callback, noise_sampler, order: UniPCOrder = 2, v
 
 
 @register("unipc_momentum")
-def unipc_momentum(model, x, sigmas, *, callback, noise_sampler, beta: Annotated[float, Range(0.0, 1.0, high_open=True)] = 0.2,
+def unipc_momentum(model, x, sigmas, *, callback, noise_sampler, beta: Decay = 0.2,
                    order: UniPCOrder = 2, variant: UniPCVariant = "bh2", lower_order_final: bool = True,
                    corrector: bool = True):
     """UniPC with heavy ball on the predictor's and the corrector's combined data estimates,

@@ -99,6 +99,12 @@ class SamplerSpec:
         return self.params(**hparams)
 
 
+# Bounds shared by many samplers' hyper-parameters.
+NonNegative = Annotated[float, Range(0.0)]
+Positive = Annotated[float, Range(0.0, low_open=True)]
+UnitInterval = Annotated[float, Range(0.0, 1.0)]
+Decay = Annotated[float, Range(0.0, 1.0, high_open=True)]  # an EMA decay / momentum coefficient in [0, 1)
+
 _REGISTRY: dict[str, SamplerSpec] = {}
 
 

@@ -21,7 +21,7 @@ import torch
 
 from .classic import heun_correction
 from .core import euler_step, steps, to_d
-from .registry import Range, register
+from .registry import Positive, Range, register
 
 RESTART_RHO = 7.0  # the inner grid is EDM's (Karras et al. 2022, eq. 5), as in the paper's experiments
 
@@ -70,7 +70,6 @@ def _check(params) -> None:
         )
 
 
-Positive = Annotated[float, Range(0.0, low_open=True)]
 # Defaults: AUTOMATIC1111's restart list {0.1: [9 + 1, 1, 2]}: one pass of 9 Heun steps between 0.1 and 2.
 
 

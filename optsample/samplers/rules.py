@@ -28,11 +28,8 @@ from typing import Annotated, Callable
 
 from . import transforms as T
 from .core import add_noise, churn, euler_step, steps, to_d
-from .registry import Choice, Range, register
+from .registry import Choice, Decay, NonNegative, Positive, Range, register
 
-NonNegative = Annotated[float, Range(0.0)]
-Positive = Annotated[float, Range(0.0, low_open=True)]
-Decay = Annotated[float, Range(0.0, 1.0, high_open=True)]  # an EMA decay / momentum coefficient in [0, 1)
 Rescale = Annotated[str, Choice(*T.RESCALE_MODES)]
 Count = Annotated[int, Range(0)]
 

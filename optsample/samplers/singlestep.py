@@ -18,9 +18,8 @@ from typing import Annotated
 import torch
 
 from .core import add_noise, ancestral_step, steps, to_d
-from .registry import Range, register
+from .registry import NonNegative, Range, register
 
-NonNegative = Annotated[float, Range(0.0)]
 
 
 def _dpmpp_1(x: torch.Tensor, sigma: float, sigma_to: float, denoised: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch
 
 from .. import digits as _digits  # noqa: F401  (registers feature net "digits" and metric "accuracy")
 from ..config import BuiltModel, ModelConfig, register_model
+from ..models.wrappers import sigma_batch
 
 SAMPLE_SHAPE = (1, 8, 8)
 
@@ -74,7 +75,7 @@ class ClassConditionalEmpirical:
     def __call__(self, x: torch.Tensor, sigma, class_labels: torch.Tensor | None = None, **_) -> torch.Tensor:
         if class_labels is None:
             raise ValueError("digits_empirical with class_conditional=true needs class_labels")
-        sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1).expand(x.shape[0])
+        sigma = sigma_batch(sigma, x)
         class_labels = torch.as_tensor(class_labels, device=x.device).reshape(-1)
         out = torch.empty_like(x)
         for c in class_labels.unique().tolist():
