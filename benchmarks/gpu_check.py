@@ -25,7 +25,7 @@ from optsample.models import DiscreteVPDenoiser, GaussianMixture
 
 def check_samplers(device: str) -> None:
     model = GaussianMixture.random(dim=16, components=4, seed=0, spread=2.0)
-    print(f"1. every sampler, CUDA vs CPU (16-D mixture, 32 samples, 10 steps, seeds 0..31)")
+    print("1. every sampler, CUDA vs CPU (16-D mixture, 32 samples, 10 steps, seeds 0..31)")
     print(f"   {'sampler':22s} {'float64 max|diff|':>18s} {'float32 max|diff|':>18s}")
     worst = {torch.float64: 0.0, torch.float32: 0.0}
     for name in optsample.available():
@@ -81,7 +81,9 @@ def check_half_precision(device: str, n_steps: int = 20, batch: int = 16) -> Non
         for name, scheduler in pairs:
             scheduler.set_timesteps(n_steps)
             sigmas = scheduler.sigmas.double()
-            net = lambda x_t, t: unet(x_t.to(dtype), t).sample
+            def net(x_t, t, unet=unet, dtype=dtype):
+                return unet(x_t.to(dtype), t).sample
+
             model = DiscreteVPDenoiser(net, scheduler.alphas_cumprod)
             noise = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device, dtype)
             x_start = noise.float() * float(sigmas[0]) if name == "euler" else noise.float() * (1 + float(sigmas[0]) ** 2) ** 0.5

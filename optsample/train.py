@@ -185,7 +185,7 @@ def log_to_logger(cfg: TrainConfig, record: dict, history, images: torch.Tensor,
     try:
         numbers = {k: v for k, v in results.flatten(record).items() if isinstance(v, (int, float))}
         logger.log_run(asdict(cfg), numbers, images)
-        logger.log_table("loss", [{"step": s, "loss": l} for s, l in zip(history.steps, history.losses)])
+        logger.log_table("loss", [{"step": step, "loss": loss} for step, loss in zip(history.steps, history.losses)])
     finally:
         logger.finish()
 

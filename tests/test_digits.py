@@ -11,7 +11,6 @@ from optsample import metrics
 from optsample import run as R
 from optsample import train as T
 from optsample.digits import GuidedDenoiser, checkpoints, data, load_classifier, load_denoiser, training
-from optsample.metrics.image import frechet_distance
 from optsample.models import EmpiricalDenoiser
 
 

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from optsample import reference, schedules
 from optsample.models import GaussianMixture
