@@ -36,8 +36,19 @@ def test_unknown_and_inapplicable_metrics(gmm):
         metrics.compute(["fid"], x, MetricContext(gmm, feature_net="avgpool4"))
     with pytest.raises(ValueError, match="needs MetricContext.x_start"):
         metrics.compute(["rmse"], x, MetricContext(gmm))
-    with pytest.raises(ValueError, match="already registered"):
-        metrics.register_metric("rmse")(lambda s, c: 0.0)
+
+
+
+def test_registering_a_metric_twice_replaces_it_with_a_warning():
+    """A re-run notebook cell registers again: the second function wins (value 2.0, not 1.0), with a warning."""
+    try:
+        metrics.register_metric("test_twice")(lambda s, c: 1.0)
+        with pytest.warns(UserWarning, match="metric 'test_twice' is already registered; replacing it"):
+            metrics.register_metric("test_twice")(lambda s, c: 2.0)
+        assert metrics.compute(["test_twice"], torch.zeros(1, 1), MetricContext(None)) == {"test_twice": 2.0}
+    finally:
+        from optsample.metrics import registry as metric_registry
+        metric_registry._METRICS.pop("test_twice", None)
 
 
 # ---------------------------------------------------------------------------------------- analytic
