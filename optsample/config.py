@@ -195,7 +195,7 @@ class MetricConfig:
 
 
 METRIC_PRESETS = {
-    "analytic": ["rmse", "loglik", "mode_error", "mmd", "sliced_wasserstein"],
+    "analytic": ["rmse", "loglik", "mode_error", "mmd2_unbiased", "sliced_wasserstein"],
     "fast": ["loglik", "mode_error"],
     "images": ["fid", "kid"],
     "text2image": ["fid", "clip_score"],
