@@ -22,6 +22,7 @@ import collections.abc
 import dataclasses
 import inspect
 import typing
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional
 
@@ -163,9 +164,12 @@ MODELS: dict[str, ModelEntry] = {}
 
 
 def register_model(config: ModelConfig, build: Callable[[dict], BuiltModel]) -> None:
-    """Add option ``model=<config.name>``: ``register_model(GMMConfig(name="gmm8d", dim=8), build_gmm)``."""
+    """Add option ``model=<config.name>``: ``register_model(GMMConfig(name="gmm8d", dim=8), build_gmm)``.
+
+    Registering a name again replaces the earlier model with a warning (a re-run notebook cell).
+    """
     if config.name in MODELS:
-        raise ValueError(f"model {config.name!r} is already registered")
+        warnings.warn(f"model {config.name!r} is already registered; replacing it", stacklevel=2)
     MODELS[config.name] = ModelEntry(config, build)
 
 
@@ -191,7 +195,7 @@ class MetricConfig:
 
 
 METRIC_PRESETS = {
-    "analytic": ["rmse", "loglik", "mode_error", "mmd", "sliced_wasserstein"],
+    "analytic": ["rmse", "loglik", "mode_error", "mmd2_unbiased", "sliced_wasserstein"],
     "fast": ["loglik", "mode_error"],
     "images": ["fid", "kid"],
     "text2image": ["fid", "clip_score"],

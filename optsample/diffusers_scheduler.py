@@ -45,8 +45,13 @@ timesteps (checked; nesterov's look-ahead and plms' warm-up are examples that ca
 The sampler keeps its own state: latents edited between steps (a ``callback_on_step_end`` returning new
 latents) are refused with ValueError rather than silently ignored.
 
-Threads. The worker is a daemon thread; it is cancelled when ``set_timesteps`` is called again and when
-the scheduler is garbage collected, and finishes by itself after the last ``step``. An exception in the
+Threads. The worker is a daemon thread; it finishes by itself after the last ``step`` and is cancelled
+when ``set_timesteps`` is called again, when the scheduler is garbage collected, and as soon as the
+``prev_sample`` it handed out is released without coming back to ``step``: an interrupted pipeline call
+(an exception in ``callback_on_step_end``, a KeyboardInterrupt) frees its worker and that run's tensors
+when its frame goes, i.e. at once unless the exception's traceback is kept (a REPL's ``sys.last_traceback``),
+then at the next ``set_timesteps``. ``step`` must get back the very tensor it returned (or an equal copy
+while that tensor is alive); a copy of a released one is refused with ValueError. An exception in the
 sampler (e.g. :class:`~optsample.samplers.NonFiniteError`) is re-raised by ``step`` in the pipeline's thread.
 """
 
@@ -198,7 +203,7 @@ class SamplerCoroutine:
 
     def cancel(self, timeout: float = 30.0) -> None:
         """Unwind a suspended sampler and wait for its thread; a no-op once it has finished."""
-        if self._thread.is_alive():
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._replies.put(_CANCEL)
             self._thread.join(timeout)
 
@@ -417,11 +422,8 @@ class OptSampleScheduler(SchedulerMixin, ConfigMixin):
         self._require_timesteps()
         if self._step_index is None:
             self._start(self._first_index(timestep), sample, generator)
-        elif sample is not self._returned and not torch.equal(sample.to(self._returned.dtype), self._returned):
-            raise ValueError(
-                "the latents passed to step() differ from the prev_sample the scheduler returned; an optsample "
-                "sampler keeps its own state and cannot follow latents edited between steps"
-            )
+        else:
+            self._take_back(sample)
         index = self._step_index
         if index >= len(self.timesteps):
             raise IndexError(f"step() called {index + 1} times but there are {len(self.timesteps)} timesteps")
@@ -449,7 +451,8 @@ class OptSampleScheduler(SchedulerMixin, ConfigMixin):
         else:
             prev_sample = request[1]
         prev_sample = prev_sample.to(sample.dtype)
-        self._returned = prev_sample
+        if request[0] == "eval":
+            prev_sample = self._hand_out(prev_sample)
         self._step_index += 1
         if not return_dict:
             return (prev_sample, denoised.to(sample.dtype))
@@ -472,9 +475,38 @@ class OptSampleScheduler(SchedulerMixin, ConfigMixin):
         coroutine = getattr(self, "_coroutine", None)
         if coroutine is not None:
             self._finalizer.detach()
+            if self._on_drop is not None:
+                self._on_drop.detach()
             coroutine.cancel()
-        self._coroutine, self._finalizer, self._pending, self._returned = None, None, None, None
+        self._coroutine, self._finalizer, self._pending, self._returned, self._on_drop = None, None, None, None, None
         self._step_index = None
+
+    def _hand_out(self, prev_sample: torch.Tensor) -> torch.Tensor:
+        """``prev_sample`` as a tensor object of its own whose release cancels the suspended sampler.
+
+        An interrupted pipeline call (an exception in ``callback_on_step_end``, a KeyboardInterrupt) never
+        calls ``step`` again; when it lets go of the latents it was given, the worker is released at once
+        instead of at the next ``set_timesteps``. The view shares storage (no copy); only a weak reference
+        is kept, and the run's state goes with the worker.
+        """
+        prev_sample = prev_sample.view_as(prev_sample)
+        self._returned = weakref.ref(prev_sample)
+        self._on_drop = weakref.finalize(prev_sample, _release_run, weakref.ref(self))
+        self._on_drop.atexit = False
+        return prev_sample
+
+    def _take_back(self, sample: torch.Tensor) -> None:
+        """Check that ``sample`` is the prev_sample handed out last and keep its release from cancelling the run."""
+        returned = self._returned() if self._returned is not None else None
+        if returned is not None:
+            self._on_drop.detach()
+        if sample is not returned and (returned is None or not torch.equal(sample.to(returned.dtype), returned)):
+            self._reset_run()
+            raise ValueError(
+                "the latents passed to step() are not the prev_sample the scheduler returned (edited between "
+                "steps, or a copy of it after the original was released); an optsample sampler keeps its own "
+                "state: pass the returned tensor itself back"
+            )
 
     def _step_schedule(self, n, sigmas, timesteps) -> torch.Tensor:
         given = [name for name, value in (("num_inference_steps", n), ("sigmas", sigmas), ("timesteps", timesteps))
@@ -495,7 +527,7 @@ class OptSampleScheduler(SchedulerMixin, ConfigMixin):
         if name in RANGED_SCHEDULES:
             params.setdefault("sigma_min", self.training_schedule.sigma_min)
             params.setdefault("sigma_max", self.training_schedule.sigma_max)
-            params.setdefault("final", config.final_sigmas_type)
+        params.setdefault("final", config.final_sigmas_type)  # every schedule takes final= (ays, vp too)
         return schedules.get(name, n, **params)
 
     def _evaluations_per_step(self) -> int:
@@ -592,6 +624,15 @@ class OptSampleScheduler(SchedulerMixin, ConfigMixin):
             raise RuntimeError(f"sampler {sampler!r} finished without evaluating the model")
         self._check_sigma(request[2], index)
         self._pending, self._step_index = request, index
+
+
+def _release_run(owner: weakref.ref) -> None:
+    """The latents of a suspended run were released without coming back to ``step``: cancel the run."""
+    scheduler = owner()
+    if scheduler is not None:  # a collected scheduler's own finalizer has cancelled its worker
+        step_index = scheduler._step_index
+        scheduler._reset_run()
+        scheduler._step_index = step_index  # a later step() (not a new run) is told what happened
 
 
 _SCHEDULER_OPTIONS = frozenset(inspect.signature(OptSampleScheduler.__init__).parameters) - {"self", "sampler"}

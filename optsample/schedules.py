@@ -233,8 +233,13 @@ def discrete(alphas_cumprod, n: int, spacing: str = "linspace", steps_offset: in
 # User lists and Align Your Steps.
 
 
-def custom(values: Sequence[float], *, device=None) -> torch.Tensor:
-    """A user's sigma list, validated: finite, >= 0, strictly decreasing; 0 appended if it does not end at 0."""
+def custom(values: Sequence[float], *, final: str = "zero", device=None) -> torch.Tensor:
+    """A user's sigma list, validated: finite, >= 0, strictly decreasing; 0 appended if it does not end at 0.
+
+    The list's last positive value is its sigma_min, so ``final="sigma_min"`` gives the same sigmas as
+    ``"zero"`` (module docstring); it is accepted so that every schedule takes ``final=``.
+    """
+    _check_final(final)
     try:
         sigmas = torch.as_tensor(values, dtype=F64).cpu()
     except (TypeError, ValueError) as err:
@@ -263,11 +268,13 @@ AYS_SIGMAS = {
 }
 
 
-def ays(n: int = 10, model: str = "sd15", *, device=None) -> torch.Tensor:
+def ays(n: int = 10, model: str = "sd15", *, final: str = "zero", device=None) -> torch.Tensor:
     """Align Your Steps sigmas for ``model``, log-linearly interpolated to n points, then 0.
 
     The interpolation is the AYS authors' ``loglinear_interp`` (NVIDIA AYS how-to page): log sigma
-    linear in the step fraction between table entries; n = 10 gives the table itself.
+    linear in the step fraction between table entries; n = 10 gives the table itself. The table's last
+    entry is sigma_min: every n >= 2 ends on it, so ``final="sigma_min"`` differs from ``"zero"`` only for
+    n = 1 (``[sigma_max, sigma_min, 0]``).
     """
     n = _check_n(n)
     if model not in AYS_SIGMAS:
@@ -278,7 +285,7 @@ def ays(n: int = 10, model: str = "sd15", *, device=None) -> torch.Tensor:
     high, w = (low + 1).clamp(max=len(table) - 1), position - low
     # log sigma = (1 - w) log a + w log b, written as a^(1-w) b^w so table entries come back exactly
     points = table[low] ** (1 - w) * table[high] ** w
-    return _finish(points, float(table[-1]), True, "zero", device)
+    return _finish(points, float(table[-1]), n >= 2, final, device)
 
 
 # ----------------------------------------------------------------------------------------------

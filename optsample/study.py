@@ -43,8 +43,8 @@ class Part:
 def default_parts(n_digits: int, n_gmm: int) -> list[Part]:
     return [
         Part("digits", ["fid", "kid", "accuracy"], [f"n_samples={n_digits}", f"batch_size={n_digits}"]),
-        Part("gmm64", ["rmse", "loglik", "mode_error", "mmd"],
-             ["model=gmm64", "metric.names=[rmse,loglik,mode_error,mmd]", f"n_samples={n_gmm}", f"batch_size={n_gmm}"]),
+        Part("gmm64", ["rmse", "loglik", "mode_error", "mmd2_unbiased"],
+             ["model=gmm64", "metric.names=[rmse,loglik,mode_error,mmd2_unbiased]", f"n_samples={n_gmm}", f"batch_size={n_gmm}"]),
     ]
 
 

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import threading
+import weakref
 
 import pytest
 import torch
@@ -93,6 +94,13 @@ def test_timesteps_are_the_fractional_training_timesteps_of_the_evaluation_sigma
     assert torch.allclose(scheduler.schedule_sigmas[:2], schedules.discrete(ALPHAS_CUMPROD, 1000)[[0, 499]], rtol=1e-6)
     with pytest.raises(ValueError, match="exactly one of num_inference_steps, sigmas, timesteps"):
         scheduler.set_timesteps(4, sigmas=[1.0])
+
+
+def test_final_sigmas_type_reaches_every_schedule():
+    """AYS sd15 with one step is [14.615, 0]; final_sigmas_type="sigma_min" inserts its sigma_min 0.152."""
+    scheduler = as_scheduler("euler", SCHEDULER_KWARGS, schedule="ays", final_sigmas_type="sigma_min")
+    scheduler.set_timesteps(1)
+    assert scheduler.schedule_sigmas.tolist() == [14.615, 0.152, 0.0]
 
 
 # ------------------------------------------------------------------------------ tiny Stable Diffusion
@@ -285,10 +293,62 @@ def test_sampler_exceptions_surface_and_threads_never_leak():
     scheduler.set_timesteps(4)  # a new run cancels the old one
     assert len(_workers()) == baseline
     x = torch.randn(2, 3, device=DEVICE) * scheduler.init_noise_sigma
-    scheduler.step(torch.zeros_like(x), scheduler.timesteps[0], x)
-    assert len(_workers()) == baseline + 1
+    out = scheduler.step(torch.zeros_like(x), scheduler.timesteps[0], x)  # kept: the run stays suspended
+    assert len(_workers()) == baseline + 1 and out.prev_sample.shape == x.shape
     del scheduler
     gc.collect()  # garbage collection cancels a suspended run
+    assert len(_workers()) == baseline
+
+
+class _Stop(Exception):
+    """Raised by a callback_on_step_end to interrupt a pipeline call."""
+
+
+@torch.no_grad()
+def test_an_interrupted_pipeline_call_releases_its_worker_at_once(sd_parts):
+    """Three StableDiffusionPipeline calls stopped at step 2 by callback_on_step_end: no worker thread is left
+    after any of them (before: one per interrupted call, alive until the next set_timesteps), the run's
+    latents are freed, and the next full call equals a full call made before the interruptions, bit for bit."""
+    pipe = StableDiffusionPipeline(**sd_parts, scheduler=SD_SCHEDULER)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = as_scheduler("dpmpp_2m", pipe.scheduler.config)
+    noise = initial_noise([10, 11], (4, 8, 8), device=DEVICE)
+    run = dict(num_inference_steps=5, height=16, width=16, latents=noise, output_type="latent")
+    baseline = len(_workers())
+    full = pipe(PROMPTS, **run).images
+    handed_out = []
+
+    def stop_at_step_2(pipeline, i, t, tensors):
+        handed_out.append(weakref.ref(tensors["latents"]))
+        if i == 2:
+            raise _Stop
+        return tensors
+
+    for _ in range(3):
+        with pytest.raises(_Stop):
+            pipe(PROMPTS, **run, callback_on_step_end=stop_at_step_2)
+        assert len(_workers()) == baseline
+        assert handed_out[-1]() is None and pipe.scheduler._pending is None  # nothing of that run is kept
+    assert torch.equal(pipe(PROMPTS, **run).images, full)
+    assert len(_workers()) == baseline
+
+
+def test_latents_copied_after_release_are_refused():
+    """A copy of prev_sample whose original was released cannot be followed: ValueError, worker gone."""
+    baseline = len(_workers())
+    scheduler = as_scheduler("heun", SCHEDULER_KWARGS)
+    scheduler.set_timesteps(4)
+    x = torch.randn(2, 3, device=DEVICE) * scheduler.init_noise_sigma
+    x = scheduler.step(torch.zeros_like(x), scheduler.timesteps[0], x).prev_sample.clone()  # the original is released
+    assert len(_workers()) == baseline
+    with pytest.raises(ValueError, match="are not the prev_sample the scheduler returned"):
+        scheduler.step(torch.zeros_like(x), scheduler.timesteps[1], x)
+    scheduler.set_timesteps(4)  # a copy made while the original is still held is followed, as before
+    x = torch.randn(2, 3, device=DEVICE) * scheduler.init_noise_sigma
+    out = scheduler.step(torch.zeros_like(x), scheduler.timesteps[0], x)
+    out = scheduler.step(torch.zeros_like(x), scheduler.timesteps[1], out.prev_sample.clone())
+    assert len(_workers()) == baseline + 1 and out.prev_sample.shape == x.shape
+    scheduler.set_timesteps(4)
     assert len(_workers()) == baseline
 
 

@@ -138,3 +138,71 @@ def test_seeds_differing_only_above_32_bits_give_different_noise():
     first = optsample.samplers.SeededNoise(x, [(1 << 32) + 5])()
     second = optsample.samplers.SeededNoise(x, [(2 << 32) + 5])()
     assert not torch.equal(first, second)
+
+
+# ---------------------------------------------------------------------------------------- inputs at the door
+
+
+def _zero_model(x, sigma):
+    return x * 0
+
+
+@pytest.mark.parametrize("x, error, message", [
+    (torch.ones(3) * 10, ValueError, r"x must be batch-first \[batch, ...\] with at least 2 dimensions, got shape \(3,\)"),
+    (torch.ones(0, 3), ValueError, r"x must hold at least one sample .* got shape \(0, 3\)"),
+    (torch.tensor([[1.0, 2.0], [math.nan, 0.0]]), ValueError,
+     r"x \(the starting point\) has non-finite values in batch item\(s\) \[1\]"),
+    (torch.ones(2, 3, dtype=torch.long), TypeError, "x must be a floating-point tensor, got dtype torch.int64"),
+    ([[1.0, 2.0]], TypeError, "x must be a torch.Tensor, got list"),
+], ids=["1-D", "empty batch", "NaN start", "integer", "list"])
+def test_bad_x_is_refused_before_any_model_call(x, error, message):
+    model = CountingModel(_zero_model)
+    with pytest.raises(error, match=message):
+        sample("euler", model, x, sigmas_for())
+    assert model.calls == 0  # refused at the door, not reported as a model failure
+
+
+@pytest.mark.parametrize("model, error, message", [
+    (lambda x, sigma: x[:, :1], ValueError, r"the model returned shape \(3, 1\), but x has shape \(3, 4\)"),
+    (lambda x, sigma: None, TypeError, r"the model must return a tensor \(denoised, shape \(3, 4\)\), got NoneType"),
+], ids=["wrong shape", "None"])
+def test_a_model_returning_the_wrong_thing_is_named(model, error, message):
+    with pytest.raises(error, match=message):  # a [3, 1] output would otherwise broadcast silently
+        sample("euler", model, start(), sigmas_for())
+
+
+def test_registering_a_sampler_twice_replaces_it_with_a_warning():
+    """A re-run notebook cell registers again: the second function wins (it returns x + 2, not x + 1)."""
+    from optsample.samplers import register, registry
+
+    try:
+        @register("test_twice")
+        def first(model, x, sigmas, *, callback, noise_sampler):
+            return x + 1
+
+        with pytest.warns(UserWarning, match="sampler 'test_twice' is already registered; replacing it"):
+            @register("test_twice")
+            def second(model, x, sigmas, *, callback, noise_sampler):
+                return x + 2
+
+        assert torch.equal(sample("test_twice", _zero_model, torch.zeros(1, 1), sigmas_for()), torch.full((1, 1), 2.0))
+    finally:
+        registry._REGISTRY.pop("test_twice", None)
+
+
+def test_callback_gives_running_count_and_sigma_index_with_restarts():
+    """sgd with one warm restart on 6 steps re-runs steps: ``i`` counts 0, 1, 2, ... and ``sigma_index`` is
+    the position in ``sigmas`` (sigmas[sigma_index] == sigma), never past len(sigmas) - 2."""
+    sigmas = sigmas_for(6)
+    infos = []
+    sample("sgd", GMM, start(), sigmas, callback=infos.append, restart_count=1, restart_sigma_min=1.0,
+           restart_sigma_max=4.0)
+    values = sigmas.tolist()
+    assert len(infos) > len(values) - 1  # the restart re-runs steps
+    assert [info["i"] for info in infos] == list(range(len(infos)))
+    assert all(values[info["sigma_index"]] == info["sigma"] for info in infos)
+    assert max(info["sigma_index"] for info in infos) == len(values) - 2
+    assert [info["sigma_index"] for info in infos[-3:]] == [len(values) - 4, len(values) - 3, len(values) - 2]
+    plain = []  # every other sampler: sigma_index == i
+    sample("heun", GMM, start(), sigmas, callback=plain.append)
+    assert [info["sigma_index"] for info in plain] == [info["i"] for info in plain] == list(range(len(values) - 1))

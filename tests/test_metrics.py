@@ -1,5 +1,6 @@
 """Metrics: exact identities and parity with independent formulas / peer implementations (scipy, torchmetrics)."""
 
+import math
 import json
 import sys
 
@@ -36,8 +37,19 @@ def test_unknown_and_inapplicable_metrics(gmm):
         metrics.compute(["fid"], x, MetricContext(gmm, feature_net="avgpool4"))
     with pytest.raises(ValueError, match="needs MetricContext.x_start"):
         metrics.compute(["rmse"], x, MetricContext(gmm))
-    with pytest.raises(ValueError, match="already registered"):
-        metrics.register_metric("rmse")(lambda s, c: 0.0)
+
+
+
+def test_registering_a_metric_twice_replaces_it_with_a_warning():
+    """A re-run notebook cell registers again: the second function wins (value 2.0, not 1.0), with a warning."""
+    try:
+        metrics.register_metric("test_twice")(lambda s, c: 1.0)
+        with pytest.warns(UserWarning, match="metric 'test_twice' is already registered; replacing it"):
+            metrics.register_metric("test_twice")(lambda s, c: 2.0)
+        assert metrics.compute(["test_twice"], torch.zeros(1, 1), MetricContext(None)) == {"test_twice": 2.0}
+    finally:
+        from optsample.metrics import registry as metric_registry
+        metric_registry._METRICS.pop("test_twice", None)
 
 
 # ---------------------------------------------------------------------------------------- analytic
@@ -83,16 +95,25 @@ def test_mmd_parity_with_torchmetrics_estimator():
     assert analytic.mmd2_unbiased(x, y, h) == pytest.approx(expected, abs=1e-14)
 
 
+def test_the_mmd_metric_is_named_unbiased_mmd2_because_it_can_be_negative():
+    """Two identical 2-point sets, bandwidth 1: the unbiased MMD^2 is 2k - 2 (1 + k) / 2 = k - 1 with
+    k = exp(-1/2) (Gretton et al. 2012, Lemma 6), i.e. -0.393: so the metric is called mmd2_unbiased."""
+    x = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
+    assert analytic.mmd2_unbiased(x, x.clone(), 1.0) == pytest.approx(math.exp(-0.5) - 1, abs=1e-15)
+    assert "mmd2_unbiased" in metrics.available() and "mmd" not in metrics.available()
+    assert metrics.info("mmd2_unbiased").description.startswith("Unbiased MMD^2")
+
+
 def test_mmd_and_sliced_wasserstein_same_vs_different(gmm):
     data = gmm.sample(1000, torch.Generator().manual_seed(11))
     ctx = MetricContext(gmm, n_reference=1000)  # fresh data from the model, seeded by reference_seed
-    same = metrics.compute(["mmd", "sliced_wasserstein"], data, ctx)
-    other = metrics.compute(["mmd", "sliced_wasserstein"], data + torch.tensor([1.0, 0.0], dtype=torch.float64), ctx)
-    assert abs(same["mmd"]) < 1e-3 and other["mmd"] > 0.01
+    same = metrics.compute(["mmd2_unbiased", "sliced_wasserstein"], data, ctx)
+    other = metrics.compute(["mmd2_unbiased", "sliced_wasserstein"], data + torch.tensor([1.0, 0.0], dtype=torch.float64), ctx)
+    assert abs(same["mmd2_unbiased"]) < 1e-3 and other["mmd2_unbiased"] > 0.01
     assert same["sliced_wasserstein"] < 0.2 and other["sliced_wasserstein"] > 0.6
     identical = metrics.compute(["sliced_wasserstein"], data, MetricContext(gmm, reference=data))
     assert identical["sliced_wasserstein"] == 0.0
-    assert metrics.compute(["mmd"], data, ctx) == {"mmd": same["mmd"]}  # reproducible reference draw
+    assert metrics.compute(["mmd2_unbiased"], data, ctx) == {"mmd2_unbiased": same["mmd2_unbiased"]}  # reproducible reference draw
 
 
 def test_wasserstein_1d_exact():

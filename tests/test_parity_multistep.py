@@ -270,7 +270,7 @@ def test_ipndm_matches_comfyui_transcription_float64(max_order, final_zero):
     sigmas = karras_sigmas(12)
     sigmas = sigmas if final_zero else sigmas[:-1]
     x = start_noise(6, 4, torch.float64) * sigmas[0]
-    ours = optsample.sample("ipndm", GMM, x, sigmas, max_order=max_order)
+    ours = optsample.sample("ipndm", GMM, x, sigmas, order=max_order)
     theirs = comfy_sample_ipndm(GMM, x, sigmas, max_order=max_order)
     assert (ours - theirs).abs().max().item() <= 1e-12
 
@@ -278,16 +278,26 @@ def test_ipndm_matches_comfyui_transcription_float64(max_order, final_zero):
 def test_ipndm_first_order_is_euler_float64():
     sigmas = karras_sigmas(12)
     x = start_noise(6, 4, torch.float64) * sigmas[0]
-    ours = optsample.sample("ipndm", GMM, x, sigmas, max_order=1)
+    ours = optsample.sample("ipndm", GMM, x, sigmas, order=1)
     euler = optsample.sample("euler", GMM, x, sigmas)  # classic.py: x + (sigma_next - sigma) d
     assert (ours - euler).abs().max().item() <= 1e-12
+
+
+def test_multistep_orders_share_one_name():
+    """lms, ipndm and unipc all call their order ``order``; ipndm's old ``max_order`` is refused by name."""
+    import dataclasses
+
+    for name in ("lms", "ipndm", "unipc"):
+        assert "order" in {f.name for f in dataclasses.fields(optsample.samplers.get(name).params)}, name
+    with pytest.raises(TypeError, match=r"sampler 'ipndm' has no hyper-parameter\(s\) \['max_order'\]; it takes \['order'\]"):
+        optsample.sample("ipndm", GMM, torch.ones(1, 4), karras_sigmas(3), max_order=2)
 
 
 # ----------------------------------------------------------------------------------------------
 # sigma_next = 0 in float64: no log(0), no NaN, the NFE each solver promises.
 
 ALL_CONFIGS = [
-    ("plms", {}), ("ipndm", {}), ("ipndm", {"max_order": 2}), ("dpmpp_2m", {}), ("dpmpp_3m", {}),
+    ("plms", {}), ("ipndm", {}), ("ipndm", {"order": 2}), ("dpmpp_2m", {}), ("dpmpp_3m", {}),
     ("dpmpp_2m_sde", {"solver_type": "heun"}), ("dpmpp_2m_sde", {"solver_type": "midpoint"}), ("dpmpp_3m_sde", {}),
 ] + [("unipc", {"order": order, "variant": variant}) for order in (1, 2, 3) for variant in ("bh1", "bh2")]
 

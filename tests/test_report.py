@@ -67,8 +67,8 @@ def test_filters_ties_and_errors(results_dir):
     only_10 = report.pivot(report.apply_filters(frame, ["nfe=10"]), "rmse", "sampler.name", "seed")
     # seed 0: euler 0.5, heun 0.25; seed 1: euler 0.75, heun 0.5 -> single values, no +-
     assert report.to_markdown(only_10).splitlines()[-2:] == ["| euler | 0.5 | 0.75 |", "| heun | **0.25** | **0.5** |"]
-    tie = pd.DataFrame({"sampler.name": ["a", "b"], "nfe": [4, 4], "metric.mmd": [0.5, 0.5]})
-    assert report.pivot(tie, "mmd", "sampler.name", "nfe").best[4].tolist() == [True, True]
+    tie = pd.DataFrame({"sampler.name": ["a", "b"], "nfe": [4, 4], "metric.mmd2_unbiased": [0.5, 0.5]})
+    assert report.pivot(tie, "mmd2_unbiased", "sampler.name", "nfe").best[4].tolist() == [True, True]
     with pytest.raises(ValueError, match="metric.loglik, metric.rmse"):
         report.pivot(frame, "fid", "sampler.name", "nfe")
     mixed = frame.assign(**{"schedule.name": ["karras", "exp"] * (len(frame) // 2) + ["karras"] * (len(frame) % 2)})

@@ -267,3 +267,16 @@ def test_sweep_killed_with_sigkill_resumes_to_the_full_set(in_tmp):
         (s, n) for s in ("euler", "heun", "dpmpp_2m") for n in (8, 16))
     assert at_kill <= {r["config_hash"] for r in final}
     assert (done.stdout + done.stderr).count("skip ") == len(at_kill)  # finished runs were not redone
+
+
+def test_registering_a_model_twice_replaces_it_with_a_warning():
+    """A re-run notebook cell registers model=test_twice again: the second builder (dim 3, not 2) wins."""
+    from optsample import config
+
+    try:
+        config.register_model(config.GMMConfig(name="test_twice", dim=2), config.build_gmm)
+        with pytest.warns(UserWarning, match="model 'test_twice' is already registered; replacing it"):
+            config.register_model(config.GMMConfig(name="test_twice", dim=3), config.build_gmm)
+        assert config.MODELS["test_twice"].config.dim == 3
+    finally:
+        config.MODELS.pop("test_twice", None)

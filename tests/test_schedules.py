@@ -157,6 +157,24 @@ def test_final_sigma_min_policy_on_continuous_schedules(name):
     assert abs(float(one[1]) / sigma_min - 1) < 1e-14  # exp(log(sigma_min)) may differ from sigma_min by an ulp
 
 
+def test_every_schedule_takes_final():
+    """README: every schedule has final=; ays and custom too (a bad policy is named, as for karras)."""
+    import inspect
+
+    for name in S.available():
+        assert "final" in inspect.signature(S._SCHEDULES[name]).parameters, name
+    # AYS sd15: a 1-point schedule is [14.615], so sigma_min = the table's last entry 0.152 is inserted
+    assert S.ays(1, final="sigma_min").tolist() == [14.615, 0.152, 0.0]
+    assert S.ays(1).tolist() == [14.615, 0.0]
+    for n in (2, 10, 15):  # every n >= 2 lands on 0.152 already: both policies agree exactly
+        assert torch.equal(S.ays(n, final="sigma_min"), S.ays(n))
+    assert S.custom([80.0, 10.0, 1.0, 0.1], final="sigma_min").tolist() == [80.0, 10.0, 1.0, 0.1, 0.0]
+    assert S.get("custom", values=[3.0, 1.0], final="sigma_min").tolist() == [3.0, 1.0, 0.0]
+    for fn, kwargs in ((S.ays, {}), (S.custom, {"values": [1.0]})):
+        with pytest.raises(ValueError, match=r"final must be one of \['zero', 'sigma_min'\], got 'last'"):
+            fn(final="last", **kwargs)
+
+
 # ----------------------------------------------------------------------------------------------
 # diffusers parity: EulerDiscreteScheduler timestep spacings.
 

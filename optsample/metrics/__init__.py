@@ -1,6 +1,6 @@
 """Metrics of a run's samples: ``compute(names, samples, MetricContext(...)) -> {name: value}``.
 
-Analytic models: "rmse", "loglik", "mode_error", "mmd", "sliced_wasserstein" (:mod:`.analytic`);
+Analytic models: "rmse", "loglik", "mode_error", "mmd2_unbiased", "sliced_wasserstein" (:mod:`.analytic`);
 images: "fid", "kid" (:mod:`.image`, feature nets in :mod:`.features`), "clip_score" (:mod:`.clip`).
 A new metric is one ``@register_metric("name")`` on ``fn(samples, context) -> float``.
 """

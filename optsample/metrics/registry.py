@@ -8,6 +8,7 @@ that does not apply to the run's model raises :class:`NotApplicable` (a ValueErr
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -62,11 +63,14 @@ _METRICS: dict[str, MetricInfo] = {}
 
 
 def register_metric(name: str, *, higher_is_better: bool = False):
-    """Decorator: ``@register_metric("digits_accuracy", higher_is_better=True)`` on ``fn(samples, ctx)``."""
+    """Decorator: ``@register_metric("digits_accuracy", higher_is_better=True)`` on ``fn(samples, ctx)``.
+
+    Registering a name again replaces the earlier metric with a warning (a re-run notebook cell).
+    """
 
     def wrap(fn):
-        if name in _METRICS:
-            raise ValueError(f"metric {name!r} is already registered")
+        if name in _METRICS:  # re-running a notebook cell re-registers: replace, but say so
+            warnings.warn(f"metric {name!r} is already registered; replacing it", stacklevel=2)
         doc = (fn.__doc__ or "").strip().splitlines()
         _METRICS[name] = MetricInfo(name, fn, higher_is_better, doc[0] if doc else "")
         return fn

@@ -54,6 +54,7 @@ class Denoiser:
             sigma_batch = torch.full((x.shape[0],), float(sigma), dtype=x.dtype, device=x.device)
         denoised = self.inner(x, sigma_batch, **self.extra_args, **extra)
         self.nfe += 1
+        check_model_output(denoised, x)
         if self.check_finite:
             # min and max are NaN if any element is, and +-inf if any element is: two numbers to test
             # instead of a full boolean mask (about 10x cheaper than isfinite(denoised).all()).
@@ -84,6 +85,14 @@ class Denoiser:
             f"model returned non-finite values at step {step} (sigma={float(sigma_batch[0]):.6g}, "
             f"NFE {nfe}) for batch item(s) {bad[:10]}"
         )
+
+
+def check_model_output(denoised, x: torch.Tensor) -> None:
+    """The model must return a tensor of ``x``'s shape (a wrong shape would broadcast silently)."""
+    if not isinstance(denoised, torch.Tensor):
+        raise TypeError(f"the model must return a tensor (denoised, shape {tuple(x.shape)}), got {type(denoised).__name__}")
+    if denoised.shape != x.shape:
+        raise ValueError(f"the model returned shape {tuple(denoised.shape)}, but x has shape {tuple(x.shape)}")
 
 
 def to_d(x: torch.Tensor, sigma: float, denoised: torch.Tensor) -> torch.Tensor:
@@ -207,11 +216,28 @@ class _Reporter:
         self.progress = progress
 
     def __call__(self, info: dict) -> None:
+        info.setdefault("sigma_index", info["i"])  # differs from i only where restarts re-run steps
         self.denoiser.step = info["i"] + 1
         if self.progress is not None:
             self.progress.update(1)
         if self.user_callback is not None:
             self.user_callback(info)
+
+
+def check_x(x) -> None:
+    """``x`` must be a finite floating-point tensor [batch, ...] with batch >= 1 (checked before any model call)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype} (convert it: x.float())")
+    if x.ndim < 2:
+        raise ValueError(f"x must be batch-first [batch, ...] with at least 2 dimensions, got shape {tuple(x.shape)} "
+                         "(one sample: x[None])")
+    if x.shape[0] == 0 or x.numel() == 0:
+        raise ValueError(f"x must hold at least one sample with at least one element, got shape {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        bad = (~torch.isfinite(x)).flatten(1).any(1).nonzero().flatten().tolist()
+        raise ValueError(f"x (the starting point) has non-finite values in batch item(s) {bad[:10]}")
 
 
 def check_sigmas(sigmas, x: torch.Tensor) -> torch.Tensor:
@@ -260,6 +286,7 @@ def sample(
     """
     spec = _spec_of(sampler)
     params = spec.make_params(**hparams)
+    check_x(x)
     input_dtype = x.dtype
     x = x.to(state_dtype(x.dtype))
     sigmas = check_sigmas(sigmas, x)

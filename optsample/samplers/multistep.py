@@ -72,8 +72,8 @@ def _adams_bashforth(ds: list[torch.Tensor]) -> torch.Tensor:
     return sum(c * d for c, d in zip(coefficients, ds))
 
 
-def _adams_bashforth_sampler(model, x, sigmas, callback, max_order: int, heun_start: bool):
-    """Euler (= DDIM transfer) steps along the AB combination of the last ``max_order`` d's.
+def _adams_bashforth_sampler(model, x, sigmas, callback, order: int, heun_start: bool):
+    """Euler (= DDIM transfer) steps along the AB combination of the last ``order`` d's.
 
     ``heun_start`` (PLMS): the first step is Heun's (trapezoidal) step and takes 2 NFE, as diffusers'
     PNDMScheduler(skip_prk_steps=True) / CompVis PLMS do it (Liu et al. 2022, "pseudo improved Euler"),
@@ -82,7 +82,7 @@ def _adams_bashforth_sampler(model, x, sigmas, callback, max_order: int, heun_st
     (k-diffusion's convention; ComfyUI ``sample_ipndm``).
     """
     n_steps = len(sigmas) - 1
-    past_ds = History(max_order - 1)
+    past_ds = History(order - 1)
     for i, sigma, sigma_next in steps(sigmas):
         denoised = model(x, sigma)
         callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "sigma_next": sigma_next, "denoised": denoised})
@@ -106,13 +106,16 @@ def plms(model, x, sigmas, *, callback, noise_sampler):
 
     NFE = steps + 1 (the Heun start); with a single step it is Euler (as diffusers).
     """
-    return _adams_bashforth_sampler(model, x, sigmas, callback, max_order=4, heun_start=True)
+    return _adams_bashforth_sampler(model, x, sigmas, callback, order=4, heun_start=True)
 
 
 @register("ipndm")
-def ipndm(model, x, sigmas, *, callback, noise_sampler, max_order: Annotated[int, Range(1, 4)] = 4):
-    """iPNDM: AB of order min(max_order, i + 1) on d, lower-order warm-up (Zhang & Chen 2023, DEIS, iPNDM)."""
-    return _adams_bashforth_sampler(model, x, sigmas, callback, max_order=max_order, heun_start=False)
+def ipndm(model, x, sigmas, *, callback, noise_sampler, order: Annotated[int, Range(1, 4)] = 4):
+    """iPNDM: AB of order min(order, i + 1) on d, lower-order warm-up (Zhang & Chen 2023, DEIS, iPNDM).
+
+    ``order`` as in ``lms`` / ``unipc`` (ComfyUI's ``sample_ipndm`` calls it ``max_order``).
+    """
+    return _adams_bashforth_sampler(model, x, sigmas, callback, order=order, heun_start=False)
 
 
 # ----------------------------------------------------------------------------------------------

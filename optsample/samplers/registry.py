@@ -17,6 +17,7 @@ import difflib
 import inspect
 import math
 import typing
+import warnings
 from dataclasses import dataclass
 from typing import Annotated, Any, Callable
 
@@ -133,11 +134,14 @@ def params_dataclass(name: str, fn: Callable, check: Callable | None = None) -> 
 
 
 def register(name: str, *, stochastic: bool = False, check: Callable | None = None):
-    """Decorator: register ``fn`` under ``name``. ``check(params)`` may add cross-field validation."""
+    """Decorator: register ``fn`` under ``name``. ``check(params)`` may add cross-field validation.
+
+    Registering a name again replaces the earlier sampler with a warning (a re-run notebook cell).
+    """
 
     def wrap(fn: Callable) -> Callable:
-        if name in _REGISTRY:
-            raise ValueError(f"sampler {name!r} is already registered")
+        if name in _REGISTRY:  # re-running a notebook cell re-registers: replace, but say so
+            warnings.warn(f"sampler {name!r} is already registered; replacing it", stacklevel=2)
         params = params_dataclass(name, fn, check)
         doc = inspect.getdoc(fn) or ""
         _REGISTRY[name] = SamplerSpec(name, fn, params, stochastic, doc.split("\n")[0])

@@ -94,7 +94,8 @@ def run_rule(model, x, sigmas, rule: T.Rule, *, callback, noise_sampler, lr_sche
         x, sigma_hat = churn(x, sigma, n_steps, noise_sampler, langevin_churn, langevin_tmin, langevin_tmax, langevin_noise)
         x_eval, sigma_eval = rule.evaluate_at(x, state, sigma_hat, sigma_next) if rule.evaluate_at else (x, sigma_hat)
         denoised = model(x_eval, sigma_eval)
-        callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma_hat, "sigma_next": sigma_next, "denoised": denoised})
+        callback({"x": x, "i": i, "sigma_index": index, "sigma": sigma, "sigma_hat": sigma_hat, "sigma_next": sigma_next,
+                  "denoised": denoised})
         grad = to_d(x_eval, sigma_eval, denoised)
         info = T.StepInfo(i, index, n_steps, sigma_hat, sigma_next, x, denoised, grad)
         direction, state = rule.update(grad, state, info)
