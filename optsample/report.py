@@ -94,6 +94,15 @@ def _warn_mixed_cells(frame: pd.DataFrame, keys: list[str], value_column: str) -
         warnings.warn(f"cells average rows that differ in {', '.join(mixed)}; filter them with --where", UserWarning)
 
 
+def _warn_mixed_revisions(frame: pd.DataFrame) -> None:
+    """Warn when the table's rows come from different code revisions (optsample.results.revision_mix)."""
+    from .results import revision_mix
+
+    message = revision_mix(frame.to_dict("records"))
+    if message:
+        warnings.warn(message, UserWarning)
+
+
 def pivot(frame: pd.DataFrame, metric: str, rows: str, cols: str, higher_is_better: bool | None = None) -> Pivot:
     """Mean, sample std (ddof 1) and count of ``metric`` per (rows, cols) cell, best mean per column marked."""
     value_column = metric_column(frame, metric)
@@ -102,6 +111,7 @@ def pivot(frame: pd.DataFrame, metric: str, rows: str, cols: str, higher_is_bett
             raise ValueError(f"no column {key!r}; columns: {', '.join(map(str, frame.columns))}")
     frame = frame.dropna(subset=[value_column])
     _warn_mixed_cells(frame, [rows, cols], value_column)
+    _warn_mixed_revisions(frame)
     grouped = frame.groupby([rows, cols])[value_column]
     mean, std, count = (getattr(grouped, stat)().unstack(cols) for stat in ("mean", "std", "count"))
     if higher_is_better is None:

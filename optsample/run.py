@@ -442,6 +442,9 @@ class SweepTableCallback(Callback):
             from . import loggers
 
             rows = results.read_rows(_absolute(config.results_dir))
+            mix = results.revision_mix(rows)
+            if mix:
+                log.warning("sweep table of %s: %s", config.results_dir, mix)
             loggers.log_sweep_table(
                 logger_cfg, rows, project=config.project, group=config.name, run_dir=config.hydra.sweep.dir,
             )
