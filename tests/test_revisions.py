@@ -68,3 +68,13 @@ def test_a_table_that_mixes_revisions_warns():
         warnings.simplefilter("error")
         report.pivot(table_rows([2, 2]), "rmse", "sampler.name", "nfe")  # one revision: no warning
     assert results.revision_mix(table_rows([2, 2]).to_dict("records")) is None
+
+
+def test_a_table_by_nfe_budget_shows_the_nfe_really_used():
+    # heun at budget 6 runs 3 steps = 5 NFE (its last step to 0 is Euler); euler uses all 6
+    frame = pd.DataFrame([
+        {"config_hash": "a", "sampler.name": "heun", "nfe_budget": 6, "nfe": 5, "seed": 0, "metric.rmse": 0.25},
+        {"config_hash": "b", "sampler.name": "euler", "nfe_budget": 6, "nfe": 6, "seed": 0, "metric.rmse": 0.5},
+    ])
+    text = report.to_markdown(report.pivot(frame, "rmse", "sampler.name", "nfe_budget"))
+    assert "| heun | **0.25 (NFE 5)** |" in text and "| euler | 0.5 |" in text
