@@ -29,8 +29,10 @@ def compare(samplers, nfes, *, dim=64, components=8, n_samples=128, sigma_min=0.
     for name in samplers:
         table[name] = {}
         for nfe in nfes:
-            n_steps = steps_for_nfe(name, nfe)
-            sigmas = schedules.karras(n_steps, sigma_min, sigma_max, rho)
+            def schedule(n):
+                return schedules.karras(n, sigma_min, sigma_max, rho)
+
+            sigmas = schedule(steps_for_nfe(name, nfe, schedule=schedule))  # NFE measured on the schedule run
             x, info = sample(name, model, x_start, sigmas, seeds=range(n_samples), return_info=True)
             table[name][nfe] = (reference.rmse(x, x_ref), info.nfe)
     return table

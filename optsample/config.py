@@ -85,6 +85,9 @@ def sampler_hparams(sampler_cfg: dict) -> dict:
 # Schedules: generated from the schedule functions' signatures.
 
 SCHEDULE_SKIP = ("n", "device")  # given by the runner
+# Schedule parameters that default to the model's trained sigma range (BuiltModel.sigma_range), as
+# k-diffusion reads ``model.sigma_min`` / ``model.sigma_max``; an explicit value wins.
+MODEL_RANGE_KEYS = ("sigma_min", "sigma_max")
 
 
 def schedule_parameters(name: str) -> list[inspect.Parameter]:
@@ -108,6 +111,8 @@ def schedule_config(name: str) -> type:
             if kind is Any:
                 continue  # e.g. discrete's alphas_cumprod: supplied by the model
             fields.append((p.name, kind, field(default=MISSING)))
+        elif p.name in MODEL_RANGE_KEYS:
+            fields.append((p.name, Optional[kind], field(default=None)))  # None: the model's range, else p.default
         else:
             fields.append((p.name, kind, _default_field(p.default)))
     return dataclasses.make_dataclass(_class_name("schedule", name), fields)
@@ -138,6 +143,17 @@ class BuiltModel:
     metric_args: dict = field(default_factory=dict)
     # Samples -> images in [-1, 1] for the metrics and the logger (e.g. a VAE decoder for latent models).
     decode: Callable[[Any], Any] | None = None
+    # The trained (sigma_min, sigma_max); None: the denoiser's ``sigma_min`` / ``sigma_max`` attributes if it
+    # has them (k-diffusion's convention: DiscreteVPDenoiser, ContinuousVPDenoiser), else no trained range.
+    sigma_range: tuple | None = None
+
+    def trained_sigma_range(self) -> dict:
+        """{"sigma_min": ., "sigma_max": .} of the model's trained range, or {} if it has none."""
+        found = self.sigma_range
+        if found is None:
+            low, high = getattr(self.denoiser, "sigma_min", None), getattr(self.denoiser, "sigma_max", None)
+            found = (low, high) if low is not None and high is not None else None
+        return {} if found is None else {"sigma_min": float(found[0]), "sigma_max": float(found[1])}
 
 
 @dataclass

@@ -33,6 +33,8 @@ class Pivot:
     count: pd.DataFrame
     best: pd.DataFrame
     higher_is_better: bool
+    # With columns by NFE budget: the mean NFE really used per cell (a cell that used less says so)
+    nfe_used: pd.DataFrame | None = None
 
 
 def load_rows(source: str | Path) -> pd.DataFrame:
@@ -94,6 +96,15 @@ def _warn_mixed_cells(frame: pd.DataFrame, keys: list[str], value_column: str) -
         warnings.warn(f"cells average rows that differ in {', '.join(mixed)}; filter them with --where", UserWarning)
 
 
+def _warn_mixed_revisions(frame: pd.DataFrame) -> None:
+    """Warn when the table's rows come from different code revisions (optsample.results.revision_mix)."""
+    from .results import revision_mix
+
+    message = revision_mix(frame.to_dict("records"))
+    if message:
+        warnings.warn(message, UserWarning)
+
+
 def pivot(frame: pd.DataFrame, metric: str, rows: str, cols: str, higher_is_better: bool | None = None) -> Pivot:
     """Mean, sample std (ddof 1) and count of ``metric`` per (rows, cols) cell, best mean per column marked."""
     value_column = metric_column(frame, metric)
@@ -102,14 +113,18 @@ def pivot(frame: pd.DataFrame, metric: str, rows: str, cols: str, higher_is_bett
             raise ValueError(f"no column {key!r}; columns: {', '.join(map(str, frame.columns))}")
     frame = frame.dropna(subset=[value_column])
     _warn_mixed_cells(frame, [rows, cols], value_column)
+    _warn_mixed_revisions(frame)
     grouped = frame.groupby([rows, cols])[value_column]
     mean, std, count = (getattr(grouped, stat)().unstack(cols) for stat in ("mean", "std", "count"))
     if higher_is_better is None:
         higher_is_better = metric_direction(value_column)
     best_value = mean.max() if higher_is_better else mean.min()
     best = mean.eq(best_value, axis=1) & mean.notna()
+    nfe_used = None
+    if cols == "nfe_budget" and "nfe" in frame.columns:
+        nfe_used = frame.groupby([rows, cols])["nfe"].mean().unstack(cols)
     return Pivot(value_column.removeprefix("metric."), rows, cols, mean, std, count.fillna(0).astype(int), best,
-                 higher_is_better)
+                 higher_is_better, nfe_used)
 
 
 def cell_text(mean: float, std: float, count: int, fmt: str) -> str:
@@ -128,6 +143,9 @@ def _cells(table: Pivot, fmt: str, mark) -> list[list[str]]:
         for col_key in table.mean.columns:
             text = cell_text(table.mean.at[row_key, col_key], table.std.at[row_key, col_key],
                              int(table.count.at[row_key, col_key]), fmt)
+            used = table.nfe_used.at[row_key, col_key] if table.nfe_used is not None else None
+            if used is not None and used == used and text != "-" and float(used) != float(col_key):
+                text += f" (NFE {used:g})"  # the budget was not all used: say what was
             line.append(mark(text, bool(table.best.at[row_key, col_key]), False))
         body.append(line)
     return body

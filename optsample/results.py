@@ -140,6 +140,37 @@ def find_row(results_dir: str | os.PathLike, key: str) -> dict[str, Any] | None:
     return read_row(path) if path.exists() else None
 
 
+# What besides the config decides a row's numbers (optsample.run.code_revision); rows from before these
+# keys were recorded read as "none".
+REVISION_KEYS = ("versions.optsample", "sampler.revision")
+
+
+def revision_mix(rows: list[Mapping[str, Any]]) -> str | None:
+    """None if every sampler's rows come from one code revision, else a sentence naming the mix, e.g.
+    "euler: sampler.revision 1 / 2" (a table of them would compare numbers of different code)."""
+    seen: dict[str, set] = {}
+    for row in rows:
+        key = tuple(_revision_text(row.get(k)) for k in REVISION_KEYS)
+        seen.setdefault(str(row.get("sampler.name", "?")), set()).add(key)
+    mixed = []
+    for sampler, keys in sorted(seen.items()):
+        if len(keys) > 1:
+            parts = [f"{name} {' / '.join(sorted({k[i] for k in keys}))}" for i, name in enumerate(REVISION_KEYS)
+                     if len({k[i] for k in keys}) > 1]
+            mixed.append(f"{sampler}: {', '.join(parts)}")
+    versions = {_revision_text(row.get("versions.optsample")) for row in rows}
+    if not mixed and len(versions) <= 1:
+        return None
+    what = "; ".join(mixed) if mixed else f"versions.optsample {' / '.join(sorted(versions))}"
+    return f"rows of different code revisions are mixed ({what}); re-run them or filter with --where"
+
+
+def _revision_text(value: Any) -> str:
+    if value is None or value != value:  # missing, or NaN from a pandas frame
+        return "none"
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
 def stale_temp_files(results_dir: str | os.PathLike) -> list[Path]:
     """Hidden temp files left by killed writers (harmless; listed so a tool may clean them)."""
     directory = Path(results_dir)

@@ -13,6 +13,7 @@ hash of the resolved config. A run whose row exists is skipped (``force=true`` r
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import os
@@ -48,11 +49,12 @@ class ConfigError(ValueError):
 class RunPlan:
     cfg: dict  # the resolved config (a plain dict, no hydra node)
     key: str  # config hash
-    steps: int
-    sigmas: torch.Tensor | None  # None until the model supplies schedule args
+    steps: int | None
+    sigmas: torch.Tensor | None  # the schedule that is run; provisional (no model arguments) until resolve_schedule
     hparams: dict
     dtype: torch.dtype
     results_dir: Path
+    schedule_kwargs: dict | None = None  # the schedule's arguments actually used (model range filled in)
 
 
 def _require(ok: bool, message: str) -> None:
@@ -60,26 +62,70 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def _resolve_steps(cfg: dict, hparams: dict) -> int | None:
-    """steps, or the largest step count within the NFE budget ``nfe`` (core.steps_for_nfe)."""
-    from .samplers import steps_for_nfe
+def schedule_kwargs(cfg: dict, model_args: dict) -> dict:
+    """The schedule's arguments: the config's, with sigma_min / sigma_max left unset (None) taken from the
+    model's trained range when it has one (k-diffusion ``model.sigma_min/max``), else the schedule's
+    defaults; model-provided arguments (``alphas_cumprod``) passed where the schedule takes them."""
+    from . import schedules
 
+    accepted = inspect.signature(getattr(schedules, cfg["schedule"]["name"])).parameters
+    kwargs = {k: v for k, v in model_args.items() if k in accepted}
+    for key, value in C.schedule_params(cfg["schedule"]).items():
+        if value is not None:
+            kwargs[key] = value
+        elif key not in kwargs:  # an unset sigma_min / sigma_max without a model range: the function's default
+            kwargs[key] = accepted[key].default
+    return kwargs
+
+
+def _resolve_schedule(cfg: dict, hparams: dict, model_args: dict) -> tuple[int | None, torch.Tensor, dict]:
+    """(steps, sigmas, schedule kwargs) of the schedule that is run. With an NFE budget the step count is the
+    largest whose NFE, measured on this very schedule (sigma range, family, final-sigma policy, restarts),
+    fits the budget (core.steps_for_nfe); a budget that one step exceeds is a ConfigError."""
+    from .samplers import BudgetError, steps_for_nfe
+
+    kwargs = schedule_kwargs(cfg, model_args)
+    steps = cfg["steps"]
     if cfg["nfe"] is not None:
         _require(cfg["nfe"] >= 1, f"nfe must be >= 1, got {cfg['nfe']}")
-        return steps_for_nfe(cfg["sampler"]["name"], cfg["nfe"], **hparams)
-    if cfg["steps"] is None:
+        _require(cfg["schedule"]["name"] != "custom", "nfe=<int> cannot choose the steps of schedule=custom; give steps")
+        try:
+            steps = steps_for_nfe(cfg["sampler"]["name"], cfg["nfe"], schedule=lambda n: _make_sigmas(cfg, n, kwargs),
+                                  **hparams)
+        except BudgetError as err:
+            raise ConfigError(f"nfe: {err} (schedule={cfg['schedule']['name']})") from None
+        except ValueError as err:
+            raise ConfigError(f"sampler: {err}") from None
+    elif steps is None:
         _require(cfg["schedule"]["name"] == "custom", "give steps=<int> or nfe=<int>")
-        return None
-    _require(cfg["steps"] >= 1, f"steps must be >= 1, got {cfg['steps']}")
-    return cfg["steps"]
+    else:
+        _require(steps >= 1, f"steps must be >= 1, got {steps}")
+    return steps, _make_sigmas(cfg, steps, kwargs), kwargs
+
+
+def resolve_schedule(plan: RunPlan, built: C.BuiltModel) -> torch.Tensor:
+    """Fix the plan's schedule (and, with an NFE budget, its step count) on the built model's arguments:
+    its trained sigma range and ``schedule_args``. Returns the sigmas; raises ConfigError before any sampling."""
+    model_args = {**built.trained_sigma_range(), **built.schedule_args}
+    plan.steps, plan.sigmas, plan.schedule_kwargs = _resolve_schedule(plan.cfg, plan.hparams, model_args)
+    return plan.sigmas
+
+
+def code_revision(sampler: str) -> dict:
+    """What, besides the config, decides a row's numbers: the optsample version and the sampler's revision."""
+    from . import __version__, samplers
+
+    return {"optsample": __version__, "sampler_revision": samplers.get(sampler).revision}
 
 
 def hashed_config(cfg: dict) -> dict:
     """The part of the config that decides the outcome (config.UNHASHED_KEYS dropped; with an NFE
-    budget the step count is derived, so ``steps`` is dropped too)."""
+    budget the step count is derived, so ``steps`` is dropped too), plus the code revision: a row written
+    by another optsample version or sampler revision has another key and is not reused."""
     kept = {k: v for k, v in cfg.items() if k not in C.UNHASHED_KEYS}
     if kept.get("nfe") is not None:
         kept["steps"] = None
+    kept["code"] = code_revision(cfg["sampler"]["name"])
     return kept
 
 
@@ -96,18 +142,19 @@ def plan_run(cfg: dict, *, job_num: int = 0) -> RunPlan:
     _require(cfg["model"]["name"] in C.MODELS, f"model {cfg['model']['name']!r} is not one of {sorted(C.MODELS)}")
     for key in ("n_samples", "batch_size"):
         _require(cfg[key] >= 1, f"{key} must be >= 1, got {cfg[key]}")
-    steps = _resolve_steps(cfg, hparams)
     _check_metric_names(cfg["metric"]["names"])
     try:
         dtype = model_dtype(cfg["model"]["dtype"])
         resolve_device(cfg["device"], job_num)
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    sigmas = None
+    steps, sigmas, kwargs = None, None, None
     if cfg["schedule"]["name"] != "discrete":  # discrete needs the model's alphas_cumprod: checked in build
-        sigmas = _make_sigmas(cfg, steps, {})
+        # provisional (the schedule's own sigma range): catches bad schedules and budgets before the model
+        # is built; resolve_schedule redoes it on the model's range
+        steps, sigmas, kwargs = _resolve_schedule(cfg, hparams, {})
     key = results.config_hash(hashed_config(cfg))
-    return RunPlan(cfg, key, steps, sigmas, hparams, dtype, Path(_absolute(cfg["results_dir"])))
+    return RunPlan(cfg, key, steps, sigmas, hparams, dtype, Path(_absolute(cfg["results_dir"])), kwargs)
 
 
 def _check_metric_names(names: list[str]) -> None:
@@ -119,11 +166,11 @@ def _check_metric_names(names: list[str]) -> None:
     _require(not unknown, f"metric.names: unknown metric(s) {unknown}; available: {metrics.available()}")
 
 
-def _make_sigmas(cfg: dict, steps: int | None, schedule_args: dict) -> torch.Tensor:
+def _make_sigmas(cfg: dict, steps: int | None, kwargs: dict) -> torch.Tensor:
     from . import schedules
 
     try:
-        return schedules.get(cfg["schedule"]["name"], steps, **C.schedule_params(cfg["schedule"]), **schedule_args)
+        return schedules.get(cfg["schedule"]["name"], steps, **kwargs)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"schedule: {err}") from None
 
@@ -301,7 +348,7 @@ def execute(cfg: dict, *, job_num: int = 0, run_dir: str | None = None) -> dict:
     device = resolve_device(cfg["device"], job_num)
     t_build = time.perf_counter()
     built = build_model(cfg["model"], device, plan.dtype)
-    sigmas = plan.sigmas if plan.sigmas is not None else _make_sigmas(cfg, plan.steps, built.schedule_args)
+    sigmas = resolve_schedule(plan, built)
     build_s = time.perf_counter() - t_build
     with torch.inference_mode():
         samples, x_start, nfe, sample_s, trajectory = generate(plan, built, sigmas, device)
@@ -325,10 +372,19 @@ def execute(cfg: dict, *, job_num: int = 0, run_dir: str | None = None) -> dict:
 
 
 def make_row(plan: RunPlan, metric_values: dict, *, nfe: int, steps: int, device: torch.device) -> dict:
+    from . import samplers
+
     row = results.flatten(plan.cfg)
     row["nfe_budget"] = row.pop("nfe")
+    # the schedule's arguments actually used (sigma_min / sigma_max: the model's range when unset)
+    row.update({f"schedule.{k}": v for k, v in (plan.schedule_kwargs or {}).items() if not isinstance(v, torch.Tensor)})
+    if plan.sigmas is not None:
+        row.update({"sigma_start": float(plan.sigmas[0]), "sigma_end": float(plan.sigmas[plan.sigmas > 0][-1])})
     row.update({f"metric.{k}": float(v) for k, v in metric_values.items()})
     row.update({f"versions.{k}": v for k, v in package_versions().items()})
+    spec = samplers.get(plan.cfg["sampler"]["name"])  # the code revision that decides the numbers (hashed_config)
+    row.update({"versions.optsample": code_revision(spec.name)["optsample"], "sampler.revision": spec.revision,
+                "sampler.source_hash": spec.source_hash})
     row.update({
         "steps": steps, "nfe": nfe, "device_resolved": str(device), "config_hash": plan.key,
         "git_rev": git_revision(), "host": platform.node(), "timestamp": time.time(),
@@ -386,6 +442,9 @@ class SweepTableCallback(Callback):
             from . import loggers
 
             rows = results.read_rows(_absolute(config.results_dir))
+            mix = results.revision_mix(rows)
+            if mix:
+                log.warning("sweep table of %s: %s", config.results_dir, mix)
             loggers.log_sweep_table(
                 logger_cfg, rows, project=config.project, group=config.name, run_dir=config.hydra.sweep.dir,
             )

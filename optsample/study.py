@@ -137,7 +137,7 @@ def _digit_samples(sampler: str, nfe: int, common: list[str]) -> torch.Tensor:
     plan = run.plan_run(cfg)
     built = C.MODELS["digits"].build(cfg["model"])
     with torch.inference_mode():
-        samples, *_ = run.generate(plan, built, plan.sigmas, torch.device("cpu"))
+        samples, *_ = run.generate(plan, built, run.resolve_schedule(plan, built), torch.device("cpu"))
     return samples
 
 

@@ -161,7 +161,7 @@ def test_presets_compose():
         slurm = compose("config", overrides=["hydra/launcher=slurm_gpu"], return_hydra_config=True)
         assert slurm.hydra.launcher._target_.endswith("SlurmLauncher") and slurm.hydra.launcher.gpus_per_node == 1
         tune = compose("config", overrides=["experiment=tune_euler_churn"], return_hydra_config=True)
-        assert tune.objective == "metric.rmse" and "OptunaSweeper" in tune.hydra.sweeper._target_
+        assert tune.objective == "metric.sliced_wasserstein" and "OptunaSweeper" in tune.hydra.sweeper._target_
         solvers = compose("config", overrides=["experiment=gmm_solvers"], return_hydra_config=True)
         assert solvers.name == "gmm_solvers" and solvers.hydra.sweeper.params.sampler.startswith("euler,heun")
     assert not GlobalHydra.instance().is_initialized()

@@ -172,8 +172,12 @@ def default_values(sampler: str, keys) -> dict:
     dataclass and the karras schedule's signature (optsample/config.py generates both nodes from them)."""
     from optsample import config as C
 
-    nodes = {"sampler": dataclasses.asdict(C.sampler_config(sampler)()),
-             "schedule": dataclasses.asdict(C.schedule_config("karras")())}
+    # schedule.sigma_min / sigma_max are None in the node (= the model's trained range); the study's models
+    # have none, so their default is the karras signature's (EDM's 0.002 / 80)
+    signature = {p.name: p.default for p in C.schedule_parameters("karras")}
+    schedule = {k: signature[k] if v is None else v for k, v in dataclasses.asdict(C.schedule_config("karras")()).items()
+                if k != "name"}
+    nodes = {"sampler": dataclasses.asdict(C.sampler_config(sampler)()), "schedule": schedule}
     values = {}
     for key in keys:
         group, _, field = key.partition(".")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -327,21 +328,62 @@ def _spec_of(sampler: str | Callable) -> registry.SamplerSpec:
     raise TypeError(f"{sampler!r} is not a registered sampler; register it with optsample.samplers.register")
 
 
-def measure_nfe(sampler: str | Callable, n_steps: int, **hparams) -> int:
-    """NFE that ``sampler`` really uses for ``n_steps`` steps, measured on a one-sample dummy run."""
-    sigmas = torch.linspace(10.0, 0.0, n_steps + 1, dtype=torch.float64)
+def dummy_schedule(n_steps: int) -> torch.Tensor:
+    """linspace(10, 0): the stand-in schedule of :func:`measure_nfe` when none is given."""
+    return torch.linspace(10.0, 0.0, n_steps + 1, dtype=torch.float64)
+
+
+def measure_nfe(sampler: str | Callable, n_steps: int, *, schedule: Callable[[int], torch.Tensor] | None = None,
+                **hparams) -> int:
+    """NFE that ``sampler`` really uses for ``n_steps`` steps of ``schedule(n_steps)`` (a sigma array), measured
+    on a one-sample dummy run. Give the schedule that will be run: restarts, warm restarts and a final-sigma
+    step depend on it (``schedule=None``: the stand-in :func:`dummy_schedule`)."""
+    sigmas = (schedule or dummy_schedule)(n_steps)
     x = torch.zeros(1, 1, dtype=torch.float64)
-    _, info = sample(sampler, lambda x, sigma: x * 0, x, sigmas, seeds=[0], return_info=True, **hparams)
+    with warnings.catch_warnings():  # a sampler's warnings about this schedule belong to the real run
+        warnings.simplefilter("ignore")
+        _, info = sample(sampler, lambda x, sigma: x * 0, x, sigmas, seeds=[0], return_info=True, **hparams)
     return info.nfe
 
 
-def steps_for_nfe(sampler: str | Callable, nfe: int, **hparams) -> int:
-    """The largest step count whose measured NFE does not exceed ``nfe`` (at least 1 step)."""
-    if nfe < 1:
-        raise ValueError(f"nfe must be >= 1, got {nfe}")
-    best = 1
-    for n_steps in range(1, nfe + 1):
-        if measure_nfe(sampler, n_steps, **hparams) > nfe:
+class BudgetError(ValueError):
+    """An NFE budget that even one step of the schedule exceeds."""
+
+
+def steps_for_nfe(sampler: str | Callable, nfe: int, *, schedule: Callable[[int], torch.Tensor] | None = None,
+                  **hparams) -> int:
+    """The largest step count n whose measured NFE on ``schedule(n)`` does not exceed ``nfe``.
+
+    NFE grows with n, so the search doubles n until the budget is passed, then bisects: at most about
+    2 log2(nfe) dummy runs. ``measure_nfe(n) <= nfe < measure_nfe(n + 1)`` holds for the answer, so the run
+    leaves less than one step's cost unused. A sampler that rejects short schedules (warm restarts need a
+    sigma inside their range) starts the search at the first step count it accepts. Raises
+    :class:`BudgetError` if the shortest schedule it runs already costs more.
+    """
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+        raise ValueError(f"nfe must be an integer >= 1, got {nfe!r}")
+
+    def fits(n_steps: int) -> bool:
+        return measure_nfe(sampler, n_steps, schedule=schedule, **hparams) <= nfe
+
+    low = 1
+    while True:  # the shortest schedule the sampler accepts (every step costs >= 1, so at most nfe tries)
+        try:
+            cost = measure_nfe(sampler, low, schedule=schedule, **hparams)
             break
-        best = n_steps
-    return best
+        except ValueError:
+            if low >= nfe:
+                raise
+            low += 1
+    if cost > nfe:
+        name = sampler if isinstance(sampler, str) else getattr(sampler, "__name__", sampler)
+        raise BudgetError(f"nfe = {nfe} is below the {cost} evaluations of {low} step(s) of {name}, "
+                          f"the fewest it runs on this schedule")
+    high = low + 1  # fits(low); find high with not fits(high)
+    while high <= nfe and fits(high):
+        low, high = high, 2 * high
+    high = min(high, nfe + 1)  # every step costs >= 1 evaluation, so nfe + 1 steps never fit
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid)
+    return low

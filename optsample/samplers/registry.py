@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import inspect
 import math
 import typing
@@ -91,6 +92,18 @@ class SamplerSpec:
     params: type  # a dataclass; ``params(**hparams)`` validates
     stochastic: bool
     doc: str
+    # Bumped whenever a change alters the sampler's numbers: result rows carry it and the runner's result
+    # key includes it, so rows of an older revision are neither reused nor silently mixed in a table.
+    revision: int = 1
+
+    @property
+    def source_hash(self) -> str:
+        """12 hex digits of SHA-256 over the sampler function's source (recorded in rows, not in the key)."""
+        try:
+            source = inspect.getsource(self.fn)
+        except (OSError, TypeError):
+            return "unknown"
+        return hashlib.sha256(source.encode()).hexdigest()[:12]
 
     def make_params(self, **hparams):
         unknown = sorted(set(hparams) - {f.name for f in dataclasses.fields(self.params)})
@@ -133,18 +146,21 @@ def params_dataclass(name: str, fn: Callable, check: Callable | None = None) -> 
     return dataclasses.make_dataclass(cls_name, fields, frozen=True, namespace=namespace)
 
 
-def register(name: str, *, stochastic: bool = False, check: Callable | None = None):
-    """Decorator: register ``fn`` under ``name``. ``check(params)`` may add cross-field validation.
+def register(name: str, *, stochastic: bool = False, check: Callable | None = None, revision: int = 1):
+    """Decorator: register ``fn`` under ``name``. ``check(params)`` may add cross-field validation;
+    ``revision`` (an integer >= 1) is bumped by every change that alters the sampler's numbers.
 
     Registering a name again replaces the earlier sampler with a warning (a re-run notebook cell).
     """
+    if isinstance(revision, bool) or not isinstance(revision, int) or revision < 1:
+        raise ValueError(f"revision must be an integer >= 1, got {revision!r}")
 
     def wrap(fn: Callable) -> Callable:
         if name in _REGISTRY:  # re-running a notebook cell re-registers: replace, but say so
             warnings.warn(f"sampler {name!r} is already registered; replacing it", stacklevel=2)
         params = params_dataclass(name, fn, check)
         doc = inspect.getdoc(fn) or ""
-        _REGISTRY[name] = SamplerSpec(name, fn, params, stochastic, doc.split("\n")[0])
+        _REGISTRY[name] = SamplerSpec(name, fn, params, stochastic, doc.split("\n")[0], revision)
         return fn
 
     return wrap
