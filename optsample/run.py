@@ -274,6 +274,7 @@ def log_run(plan: RunPlan, metric_values: dict, samples, trajectory, run_dir: st
 
         logger = loggers.make_logger(
             dict(logger_cfg), project=plan.cfg["project"], group=plan.cfg["name"], name=run_name(plan), run_dir=run_dir,
+            state_dir=_sweep_dir(),
         )
         try:
             logger.log_run(results.flatten(plan.cfg), metric_values, samples, trajectory, log_density=log_density)
@@ -363,6 +364,18 @@ def _output_dir() -> str | None:
     try:
         return HydraConfig.get().runtime.output_dir
     except Exception:  # noqa: BLE001
+        return None
+
+
+def _sweep_dir() -> str | None:
+    """The multirun's sweep dir (shared by its jobs, new for each sweep); None for a single run."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        hydra_cfg = HydraConfig.get()
+        return _absolute(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
+    except Exception:  # noqa: BLE001  (not under Hydra)
         return None
 
 
