@@ -108,7 +108,7 @@ def plan_run(cfg: dict, *, job_num: int = 0) -> RunPlan:
     sigmas = None
     if cfg["schedule"]["name"] != "discrete":  # discrete needs the model's alphas_cumprod: checked in build
         sigmas = _make_sigmas(cfg, steps, {})
-        steps = len(sigmas) - 1
+        steps = len(sigmas) - 1 if steps is None else steps  # custom: the values' step count
     key = results.config_hash(hashed_config(cfg))
     return RunPlan(cfg, key, steps, sigmas, hparams, dtype, Path(_absolute(cfg["results_dir"])))
 
@@ -382,7 +382,6 @@ def _sweep_dir() -> str | None:
 def task(cfg) -> float | None:
     """The Hydra task function: returns the objective for sweepers."""
     from omegaconf import OmegaConf
-
     from omegaconf.errors import OmegaConfBaseException
 
     try:
