@@ -21,9 +21,10 @@ BASE = ["logger=none", "metric=none", "n_samples=8", "progress=false"]
 
 
 def env(**extra) -> dict:
+    """The test's environment without HYDRA_FULL_ERROR, plus ``extra`` (a None value removes that variable)."""
     found = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    return {**found, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-            "OMP_NUM_THREADS": "1", **extra}
+    found.update(PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1", **extra)
+    return {k: v for k, v in found.items() if v is not None}
 
 
 def run_cli(tmp_path, *args, module="optsample.run", **extra):
@@ -77,7 +78,7 @@ def test_sweep_without_a_route_to_wandb_waits_once(tmp_path):
     # (init_timeout, 3 s here), then the sweep logs offline, said once.
     began = time.perf_counter()
     done = run_cli(tmp_path, "-m", "sampler=euler,heun", "steps=3", "metric=none", "n_samples=8", "progress=false",
-                   "logger=wandb", "logger.mode=online", "logger.init_timeout=3", WANDB_MODE="",
+                   "logger=wandb", "logger.mode=online", "logger.init_timeout=3", WANDB_MODE=None,
                    WANDB_API_KEY="0123456789abcdef" * 2 + "01234567", WANDB_BASE_URL="http://127.0.0.1:9")
     elapsed = time.perf_counter() - began
     assert done.returncode == 0, done.stderr[-2000:]
