@@ -230,6 +230,7 @@ class WandbLoggerConfig(LoggerConfig):
     mode: str = "offline"  # offline | online | disabled
     entity: Optional[str] = None
     log_samples: bool = True
+    init_timeout: float = 10.0  # seconds wandb.init waits for the server; then the sweep goes offline (loggers.py)
 
 
 @dataclass

@@ -57,6 +57,8 @@ sampler (e.g. :class:`~optsample.samplers.NonFiniteError`) is re-raised by ``ste
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import inspect
 import math
 from contextlib import ExitStack, nullcontext
@@ -646,6 +648,11 @@ def as_scheduler(name: str, config: dict | None = None, **options) -> OptSampleS
     hyper-parameter, validated by the registry (``as_scheduler("nesterov", pipe.scheduler.config, beta=0.5)``).
     """
     scheduler_options = {k: options.pop(k) for k in list(options) if k in _SCHEDULER_OPTIONS}
+    hparam_names = [f.name for f in dataclasses.fields(registry.get(name).params)]
+    for key in options:  # a near-miss of a scheduler option is a typo, not a sampler hyper-parameter
+        near = difflib.get_close_matches(key, sorted(_SCHEDULER_OPTIONS), n=1, cutoff=0.8)
+        if key not in hparam_names and near:
+            raise TypeError(f"as_scheduler: unknown scheduler option {key!r}; did you mean {near[0]!r}?")
     sampler_kwargs = {**(scheduler_options.pop("sampler_kwargs", None) or {}), **options}
     if config is None:
         return OptSampleScheduler(sampler=name, sampler_kwargs=sampler_kwargs, **scheduler_options)

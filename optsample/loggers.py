@@ -5,6 +5,11 @@
 of a sweep at its end. ``cfg_logger["kind"]`` (or ``["name"]``, the runner's config field) picks
 "wandb", "csv" or "none". A W&B failure (no network, bad key, ...) warns and the run goes on.
 
+W&B online without a route to the server: ``wandb.init`` waits ``init_timeout`` seconds (W&B's default 90 s
+per run; here ``INIT_TIMEOUT_S``), then this run and every later run of the sweep log offline, said once.
+"Later runs" are those of this process and, through a marker file in ``state_dir`` (the sweep dir), those
+of a launcher's other worker processes. The offline runs upload with ``wandb sync <run dir>/wandb``.
+
 Pictures are drawn with matplotlib's object API on an Agg canvas (no pyplot state, no display):
 a sample grid for images [N, C, H, W], a scatter for vectors [N, D], and for 2-D models the sampler
 paths, optionally over the density's contours, like optimizer-path pictures.
@@ -23,6 +28,9 @@ import numpy as np
 import torch
 
 LOGGER_KINDS = ("wandb", "csv", "none")
+INIT_TIMEOUT_S = 10.0  # wandb.init's wait for the server (W&B's default: 90 s)
+OFFLINE_MARKER = ".wandb_offline"  # in the sweep dir: an online init failed, the sweep's later runs go offline
+_OFFLINE = {"reason": None}  # this process: why W&B went offline (None while online works)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -183,18 +191,31 @@ class WandbLogger:
     (default True). Any exception from W&B becomes a warning, and the logger turns itself off.
     """
 
-    def __init__(self, cfg: dict, *, project: str, group: str, name: str, run_dir: str, job_type: str = "sample"):
+    def __init__(self, cfg: dict, *, project: str, group: str, name: str, run_dir: str, job_type: str = "sample",
+                 state_dir: str | None = None):
         self.cfg = dict(cfg)
         self.run = None
-        self._guard("init", lambda: self._init(project, group, name, run_dir, job_type))
+        self._guard("init", lambda: self._init(project, group, name, run_dir, job_type, state_dir))
 
-    def _init(self, project, group, name, run_dir, job_type):
+    def _init(self, project, group, name, run_dir, job_type, state_dir):
         import wandb
 
         Path(run_dir).mkdir(parents=True, exist_ok=True)
-        settings = wandb.Settings(reinit="create_new", silent=True, console="off", disable_git=True)
-        self.run = wandb.init(project=project, group=group, name=name, dir=str(run_dir), job_type=job_type,
-                              mode=self.cfg.get("mode") or "offline", entity=self.cfg.get("entity"), settings=settings)
+        timeout = float(self.cfg.get("init_timeout") or INIT_TIMEOUT_S)
+        settings = wandb.Settings(reinit="create_new", silent=True, console="off", disable_git=True, init_timeout=timeout)
+        mode = self.cfg.get("mode") or "offline"
+        marker = Path(state_dir) / OFFLINE_MARKER if state_dir else None
+        if mode == "online" and (_OFFLINE["reason"] or (marker is not None and marker.exists())):
+            mode = "offline"  # an earlier run of this sweep found no server: do not wait again
+        start = dict(project=project, group=group, name=name, dir=str(run_dir), job_type=job_type,
+                     entity=self.cfg.get("entity"), settings=settings)
+        try:
+            self.run = wandb.init(mode=mode, **start)
+        except Exception as err:
+            if mode != "online":
+                raise
+            _go_offline(err, timeout, run_dir, marker)
+            self.run = wandb.init(mode="offline", **start)
 
     def _guard(self, action: str, fn: Callable[[], Any]) -> None:
         if action != "init" and self.run is None:
@@ -230,6 +251,21 @@ class WandbLogger:
         self.run = None
 
 
+def _go_offline(err: Exception, timeout: float, run_dir, marker: Path | None) -> None:
+    """After the first failed online init: later runs of this process (and, via ``marker``, of the sweep's
+    other workers) log offline at once; warn once."""
+    first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+    _OFFLINE["reason"] = first_line
+    if marker is not None:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(first_line + "\n")
+    runs = marker.parent / "*" / "wandb" if marker is not None else Path(run_dir) / "wandb"
+    warnings.warn(
+        f"W&B online init failed after at most {timeout:g} s ({type(err).__name__}: {first_line}); this run and the "
+        f"rest of the sweep log offline: upload them later with `wandb sync {runs}/offline-run-*`", RuntimeWarning,
+    )
+
+
 def rows_table(rows: list[dict]):
     """A ``wandb.Table`` of result rows: union of the keys as columns (first-seen order); values that are not
     numbers, strings or booleans are JSON-encoded."""
@@ -252,11 +288,12 @@ def logger_kind(cfg_logger: dict) -> str:
     return kind
 
 
-def make_logger(cfg_logger: dict, *, project: str, group: str, name: str, run_dir: str):
-    """The run logger named by ``cfg_logger["kind"]`` (or ``["name"]``): wandb, csv or none."""
+def make_logger(cfg_logger: dict, *, project: str, group: str, name: str, run_dir: str, state_dir: str | None = None):
+    """The run logger named by ``cfg_logger["kind"]`` (or ``["name"]``): wandb, csv or none. ``state_dir``
+    (the sweep dir) is shared by a sweep's runs: W&B's switch to offline is kept there."""
     kind = logger_kind(cfg_logger)
     if kind == "wandb":
-        return WandbLogger(cfg_logger, project=project, group=group, name=name, run_dir=run_dir)
+        return WandbLogger(cfg_logger, project=project, group=group, name=name, run_dir=run_dir, state_dir=state_dir)
     if kind == "csv":
         return CsvLogger(run_dir)
     return NoneLogger()
@@ -268,7 +305,7 @@ def log_sweep_table(cfg_logger: dict, rows: list[dict], *, project: str, group: 
     kind = logger_kind(cfg_logger)
     if kind == "wandb":
         logger = WandbLogger(cfg_logger, project=project, group=group, name=f"{group}-table", run_dir=run_dir,
-                             job_type="sweep-table")
+                             job_type="sweep-table", state_dir=run_dir)
         logger.log_table("results", rows)
         logger.finish()
     elif kind == "csv" and rows:

@@ -19,6 +19,7 @@ import logging
 import os
 import platform
 import subprocess
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -82,13 +83,18 @@ def _resolve_schedule(cfg: dict, hparams: dict, model_args: dict) -> tuple[int |
     """(steps, sigmas, schedule kwargs) of the schedule that is run. With an NFE budget the step count is the
     largest whose NFE, measured on this very schedule (sigma range, family, final-sigma policy, restarts),
     fits the budget (core.steps_for_nfe); a budget that one step exceeds is a ConfigError."""
-    from .samplers import BudgetError, steps_for_nfe
+    from .samplers import BudgetError, measure_nfe, steps_for_nfe
 
     kwargs = schedule_kwargs(cfg, model_args)
     steps = cfg["steps"]
     if cfg["nfe"] is not None:
         _require(cfg["nfe"] >= 1, f"nfe must be >= 1, got {cfg['nfe']}")
-        _require(cfg["schedule"]["name"] != "custom", "nfe=<int> cannot choose the steps of schedule=custom; give steps")
+        if cfg["schedule"]["name"] == "custom":  # the values decide the steps; the budget is checked on them
+            sigmas = _make_sigmas(cfg, None, kwargs)
+            nfe = measure_nfe(cfg["sampler"]["name"], len(sigmas) - 1, schedule=lambda n: sigmas, **hparams)
+            _require(nfe <= cfg["nfe"], f"nfe: schedule=custom costs {nfe} evaluations with "
+                     f"{cfg['sampler']['name']}, over the budget nfe={cfg['nfe']}")
+            return len(sigmas) - 1, sigmas, kwargs
         try:
             steps = steps_for_nfe(cfg["sampler"]["name"], cfg["nfe"], schedule=lambda n: _make_sigmas(cfg, n, kwargs),
                                   **hparams)
@@ -96,11 +102,14 @@ def _resolve_schedule(cfg: dict, hparams: dict, model_args: dict) -> tuple[int |
             raise ConfigError(f"nfe: {err} (schedule={cfg['schedule']['name']})") from None
         except ValueError as err:
             raise ConfigError(f"sampler: {err}") from None
+    elif cfg["schedule"]["name"] == "custom":
+        steps = None  # the values decide the step count (``steps`` is ignored)
     elif steps is None:
-        _require(cfg["schedule"]["name"] == "custom", "give steps=<int> or nfe=<int>")
+        raise ConfigError("give steps=<int> or nfe=<int>")
     else:
         _require(steps >= 1, f"steps must be >= 1, got {steps}")
-    return steps, _make_sigmas(cfg, steps, kwargs), kwargs
+    sigmas = _make_sigmas(cfg, steps, kwargs)
+    return (len(sigmas) - 1 if steps is None else steps), sigmas, kwargs
 
 
 def resolve_schedule(plan: RunPlan, built: C.BuiltModel) -> torch.Tensor:
@@ -123,7 +132,7 @@ def hashed_config(cfg: dict) -> dict:
     budget the step count is derived, so ``steps`` is dropped too), plus the code revision: a row written
     by another optsample version or sampler revision has another key and is not reused."""
     kept = {k: v for k, v in cfg.items() if k not in C.UNHASHED_KEYS}
-    if kept.get("nfe") is not None:
+    if kept.get("nfe") is not None or kept.get("schedule", {}).get("name") == "custom":
         kept["steps"] = None
     kept["code"] = code_revision(cfg["sampler"]["name"])
     return kept
@@ -169,6 +178,11 @@ def _check_metric_names(names: list[str]) -> None:
 def _make_sigmas(cfg: dict, steps: int | None, kwargs: dict) -> torch.Tensor:
     from . import schedules
 
+    if cfg["schedule"]["name"] == "discrete" and "alphas_cumprod" not in kwargs:
+        raise ConfigError(
+            f"model {cfg['model']['name']} has no discrete schedule (schedule=discrete needs a discrete-time model "
+            "that supplies alphas_cumprod, e.g. a diffusers pipeline; use schedule=karras or another)"
+        )
     try:
         return schedules.get(cfg["schedule"]["name"], steps, **kwargs)
     except (TypeError, ValueError) as err:
@@ -313,6 +327,7 @@ def log_run(plan: RunPlan, metric_values: dict, samples, trajectory, run_dir: st
 
         logger = loggers.make_logger(
             dict(logger_cfg), project=plan.cfg["project"], group=plan.cfg["name"], name=run_name(plan), run_dir=run_dir,
+            state_dir=_sweep_dir(),
         )
         try:
             logger.log_run(results.flatten(plan.cfg), metric_values, samples, trajectory, log_density=log_density)
@@ -414,13 +429,31 @@ def _output_dir() -> str | None:
         return None
 
 
+def _sweep_dir() -> str | None:
+    """The multirun's sweep dir (shared by its jobs, new for each sweep); None for a single run."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        hydra_cfg = HydraConfig.get()
+        return _absolute(hydra_cfg.sweep.dir) if hydra_cfg.mode == RunMode.MULTIRUN else None
+    except Exception:  # noqa: BLE001  (not under Hydra)
+        return None
+
+
 def task(cfg) -> float | None:
     """The Hydra task function: returns the objective for sweepers."""
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
-    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    row = execute(resolved, job_num=_job_num(), run_dir=_output_dir())
-    return objective_of(resolved, row)
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+        row = execute(resolved, job_num=_job_num(), run_dir=_output_dir())
+        return objective_of(resolved, row)
+    except (ConfigError, OmegaConfBaseException) as err:
+        if not _ONE_LINE_ERRORS:
+            raise
+        usage_exit(err)  # here, not in main: Hydra would first print "Error executing job with overrides"
 
 
 try:
@@ -453,27 +486,96 @@ class SweepTableCallback(Callback):
 
 
 def config_path() -> str:
-    """Absolute path of the configs: the ``optsample.conf`` package data (an installed wheel, or the
-    editable checkout's conf/ mapped to that package), else the checkout's conf/."""
+    """Absolute path of the configs: those beside the imported code (an installed wheel's optsample/conf/,
+    a checkout's conf/), else the ``optsample.conf`` package (an editable install maps it to its checkout,
+    which need not be the one imported, e.g. a git worktree on PYTHONPATH)."""
     import importlib.util
 
+    here = Path(__file__).resolve().parent
+    candidates = [str(here / "conf")]
+    if (here.parent / "pyproject.toml").exists():
+        candidates.append(str(here.parent / "conf"))
     try:
         spec = importlib.util.find_spec("optsample.conf")
     except ImportError:
         spec = None
-    candidates = list(spec.submodule_search_locations or []) if spec is not None else []
-    candidates.append(str(Path(__file__).resolve().parent.parent / "conf"))
+    candidates += list(spec.submodule_search_locations or []) if spec is not None else []
     for folder in candidates:
         if (Path(folder) / "config.yaml").exists():
             return str(Path(folder).resolve())
     raise FileNotFoundError(f"optsample's configs are missing: looked in {candidates}")
 
 
+_ONE_LINE_ERRORS = False  # set by main() unless HYDRA_FULL_ERROR=1 (a launcher's worker process raises)
+
+
+def usage_error(err: BaseException) -> str | None:
+    """A configuration mistake as one line naming the key (with the nearest valid names), or None for
+    anything else (a real bug keeps its traceback)."""
+    import difflib
+    import itertools
+
+    from hydra.errors import CompactHydraException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(err, ConfigError):
+        return str(err)
+    if isinstance(err, MissingConfigException):  # group=option with an unknown option
+        lines = str(err).splitlines()
+        head = lines[0].removeprefix("In 'config': ")
+        start = next((k + 1 for k, line in enumerate(lines) if line.startswith("Available options")), len(lines))
+        options = [line.strip() for line in itertools.takewhile(lambda x: x.startswith("\t"), lines[start:])]
+        wanted = head.split("/")[-1].rstrip("'")
+        near = difflib.get_close_matches(wanted, options, n=3, cutoff=0.5)
+        return head + (f"; did you mean {', '.join(map(repr, near))}?" if near else f"; options: {options}")
+    if isinstance(err, OmegaConfBaseException):  # missing value, wrong type, unknown key
+        message, full_key = str(err).splitlines()[0], getattr(err, "full_key", None)
+        if full_key and full_key not in message and message.endswith(f": {err.key}"):
+            message = message.removesuffix(str(err.key)) + full_key  # "Missing mandatory value: schedule.values"
+        key, known = getattr(err, "key", None), _dataclass_fields(getattr(err, "object_type", None))
+        near = difflib.get_close_matches(str(key), known, n=1) if key is not None and key not in known else []
+        return message + (f"; did you mean {near[0]!r}?" if near else "")
+    if isinstance(err, CompactHydraException):  # e.g. ``Could not override 'x'`` caused by a key error
+        message = str(err).splitlines()[0].rstrip(".")
+        cause = usage_error(err.__cause__) if isinstance(err.__cause__, OmegaConfBaseException) else None
+        return f"{message}: {cause}" if cause else message
+    return None
+
+
+def _dataclass_fields(object_type) -> list[str]:
+    import dataclasses
+
+    return [f.name for f in dataclasses.fields(object_type)] if dataclasses.is_dataclass(object_type) else []
+
+
+def usage_exit(err: BaseException) -> None:
+    """Print ``optsample-run: error: <one line>`` to stderr and exit 2 (argparse's convention)."""
+    print(f"optsample-run: error: {usage_error(err)}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def main() -> None:
+    """The console script. A configuration mistake is one line on stderr and exit status 2; any other
+    exception keeps its full traceback (so does every error with HYDRA_FULL_ERROR=1)."""
     import hydra
 
+    global _ONE_LINE_ERRORS
     C.register_configs()
-    hydra.main(config_path=config_path(), config_name="config", version_base="1.3")(task)()
+    full_error = os.environ.get("HYDRA_FULL_ERROR")
+    _ONE_LINE_ERRORS = full_error != "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra's composition errors reach us unprinted
+    try:
+        hydra.main(config_path=config_path(), config_name="config", version_base="1.3")(task)()
+    except Exception as err:
+        if full_error == "1" or usage_error(err) is None:
+            raise
+        usage_exit(err)
+    finally:
+        _ONE_LINE_ERRORS = False
+        if full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = full_error
 
 
 if __name__ == "__main__":

@@ -210,10 +210,14 @@ def main() -> None:
     import hydra
     from hydra.core.config_store import ConfigStore
 
-    from .run import config_path
-
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
-    hydra.main(config_path=str(Path(config_path()) / "train"), config_name="config", version_base="1.3")(task)()
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainConfig)
+    # The primary config lives here, not in conf/: a folder there is a group that optsample-run --help lists.
+    store.store(name="train", node={
+        "defaults": ["train_schema", "_self_"],
+        "hydra": {"job": {"chdir": False}, "run": {"dir": "outputs/train/${now:%Y-%m-%d_%H-%M-%S}"}},
+    })
+    hydra.main(config_path=None, config_name="train", version_base="1.3")(task)()
 
 
 if __name__ == "__main__":

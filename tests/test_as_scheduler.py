@@ -252,6 +252,17 @@ def test_unknown_sampler_and_bad_hyperparameters_give_the_registry_errors():
         as_scheduler("euler", latent_scaling="vq")
 
 
+def test_misspelt_scheduler_option_is_named_as_one():
+    # the old message: "sampler 'dpmpp_2m' has no hyper-parameter(s) ['use_karas_sigmas']; it takes [...]"
+    message = "as_scheduler: unknown scheduler option 'use_karas_sigmas'; did you mean 'use_karras_sigmas'?"
+    with pytest.raises(TypeError) as caught:
+        as_scheduler("dpmpp_2m", SCHEDULER_KWARGS, use_karas_sigmas=True)
+    assert str(caught.value) == message
+    # a sampler hyper-parameter that looks like no scheduler option still gets the registry's error
+    with pytest.raises(TypeError, match=r"sampler 'heun' has no hyper-parameter\(s\) \['beta'\]"):
+        as_scheduler("heun", SCHEDULER_KWARGS, beta=0.9)
+
+
 def test_samplers_the_pipeline_cannot_follow_fail_clearly():
     with pytest.raises(ValueError, match="changes x before its first model evaluation"):
         as_scheduler("euler", SCHEDULER_KWARGS, s_churn=10.0).set_timesteps(5)  # churn at sigma_max

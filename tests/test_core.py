@@ -80,6 +80,20 @@ def test_non_finite_model_output_names_step_and_sigma(name):
         sample(name, model, start(), sigmas_for(), seeds=[0, 1, 2])
 
 
+# Evaluation order on 6 steps: heun / dpm_2 evaluate twice per step (first, then the corrector after the
+# callback) and once on the last step (sigma_next = 0, Euler): NFE 1,2 -> step 0, ..., 7,8 -> step 3, 9,10 -> 4,
+# 11 -> 5; euler / dpmpp_2m evaluate once per step: NFE k -> step k - 1. (Old code named heun's NFE 8 step 4.)
+@pytest.mark.parametrize("name, bad_nfe, step", [
+    ("heun", 8, 3), ("heun", 7, 3), ("heun", 9, 4), ("heun", 11, 5), ("dpm_2", 8, 3),
+    ("euler", 4, 3), ("dpmpp_2m", 5, 4), ("euler", 1, 0),
+])
+def test_non_finite_error_names_the_step_of_a_corrector_evaluation(name, bad_nfe, step):
+    model = CountingModel(GMM, nan_after=bad_nfe - 1)
+    with pytest.raises(NonFiniteError, match=rf"non-finite values at step {step} \(sigma=[0-9.e+-]+, NFE {bad_nfe}\)"):
+        sample(name, model, start(), sigmas_for(6), seeds=[0, 1, 2])
+    assert model.calls == bad_nfe  # raised before the model is called again
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_nfe_is_counted_and_callback_sees_every_step(name):
     model = CountingModel(GMM)

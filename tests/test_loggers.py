@@ -4,6 +4,7 @@ the run's .wandb record log and its files/media); CSV and none loggers; a failin
 import json
 import struct
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -116,8 +117,61 @@ def test_sweep_table_in_offline_run(tmp_path):
     assert (meta.run_group, meta.display_name, meta.job_type) == ("sweep7", "sweep7-table", "sweep-table")
 
 
+@pytest.fixture
+def unreachable_wandb(monkeypatch):
+    """W&B online with a key but no server: a closed port on this machine (nothing leaves it)."""
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef" * 2 + "01234567")  # a dummy 40-character key
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setitem(loggers._OFFLINE, "reason", None)
+    import wandb
+
+    wandb.teardown()  # W&B reads WANDB_BASE_URL once per process (its setup singleton): start afresh
+    yield
+    wandb.teardown()  # and never leave the unreachable server to a later test
+
+
+def test_unreachable_wandb_waits_once_then_the_sweep_goes_offline(tmp_path, unreachable_wandb):
+    # Before: each run waited W&B's default init_timeout, 90 s (a gmm2d run took 1 min 33 s instead of 2.4 s).
+    online = {"kind": "wandb", "mode": "online"}
+    began = time.perf_counter()
+    with pytest.warns(RuntimeWarning) as caught:
+        for k in range(3):
+            logger = loggers.make_logger(online, project="p", group="g", name=f"run{k}", run_dir=str(tmp_path / f"{k}"))
+            logger.log_run({"k": k}, {"rmse": 0.5 * k}, None, None)
+            logger.finish()
+    elapsed = time.perf_counter() - began
+    assert elapsed < loggers.INIT_TIMEOUT_S + 20, elapsed  # one bounded wait (10 s) + 3 offline runs, not 3 x 90 s
+    messages = [str(w.message) for w in caught if "W&B" in str(w.message)]
+    assert len(messages) == 1 and "rest of the sweep log offline" in messages[0] and "wandb sync" in messages[0]
+    assert "127.0.0.1:9" in messages[0]  # the closed local port was asked, no other address
+    for k in range(3):  # every run is kept offline, to upload later with `wandb sync`
+        (logged,) = history(run_records(offline_run(tmp_path / f"{k}")))
+        assert logged["metric/rmse"] == 0.5 * k
+
+
+def test_offline_marker_in_the_sweep_dir_reaches_other_worker_processes(tmp_path, unreachable_wandb):
+    online = {"kind": "wandb", "mode": "online", "init_timeout": 2}
+    with pytest.warns(RuntimeWarning, match="rest of the sweep log offline"):
+        loggers.make_logger(online, project="p", group="g", name="a", run_dir=str(tmp_path / "a"),
+                            state_dir=str(tmp_path)).finish()
+    assert "127.0.0.1:9" in (tmp_path / loggers.OFFLINE_MARKER).read_text()  # the reason, for the user
+    loggers._OFFLINE["reason"] = None  # as in a fresh joblib worker: only the marker file says it
+    began = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        logger = loggers.make_logger({**online, "init_timeout": 60}, project="p", group="g", name="b",
+                                     run_dir=str(tmp_path / "b"), state_dir=str(tmp_path))
+        logger.finish()
+    assert time.perf_counter() - began < 30  # offline at once: no 60 s wait for the server
+    assert not [w for w in caught if "W&B" in str(w.message)]  # said once, by the first run
+    offline_run(tmp_path / "b")
+
+
 def test_wandb_failure_warns_and_goes_on(tmp_path, monkeypatch):
     import wandb
+
+    monkeypatch.setitem(loggers._OFFLINE, "reason", None)
 
     def broken_init(**kwargs):
         raise wandb.errors.CommError("no network")

@@ -29,3 +29,29 @@ def test_wheel_ships_conf_and_the_runner_finds_it(tmp_path):
     assert conf_dir.is_relative_to(site) and (conf_dir / "config.yaml").exists()
     assert sorted(p.name for p in (conf_dir / "experiment").glob("*.yaml")) == sorted(
         p.name for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+
+
+def test_dependencies_are_ranges_and_constraints_satisfy_them():
+    """pyproject.toml gives ranges (``pip install optsample`` must not downgrade an existing environment's
+    diffusers / transformers / wandb: before, they were pinned ``==0.42.1`` / ``==5.23.0`` / ``==0.31.0``);
+    constraints.txt keeps the exact tested set, and each of its versions lies inside every range."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = {name: reqs for name, reqs in project["optional-dependencies"].items() if name != "inception"}
+    requirements = [Requirement(r) for r in project["dependencies"] + [r for reqs in extras.values() for r in reqs]]
+    pinned = [str(r) for r in requirements if any(s.operator in ("==", "===") for s in r.specifier)]
+    assert not pinned, f"exact pins in pyproject.toml (they belong in constraints.txt): {pinned}"
+    tested = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            tested[canonicalize_name(name)] = version.strip()
+    for requirement in requirements:
+        version = tested.get(canonicalize_name(requirement.name))
+        assert version is not None, f"{requirement.name} is not pinned in constraints.txt"
+        assert requirement.specifier.contains(version, prereleases=True), f"constraints.txt {requirement.name}=={version} " \
+            f"is outside pyproject.toml's {requirement}"

@@ -120,13 +120,13 @@ def test_nfe_budget_picks_steps(in_tmp):
     ("metric.names=[fid2]", "unknown metric(s) ['fid2']"),
 ])
 def test_bad_config_fails_before_work_and_writes_no_row(in_tmp, capfd, override, message):
-    assert cli(*BASE, override) == 1
+    assert cli(*BASE, override) == 2
     assert message in capfd.readouterr().err
     assert not Path("results").exists()
 
 
 def test_impossible_hparam_names_bound(in_tmp, capfd):
-    assert cli(*BASE, "sampler=euler_ancestral", "sampler.eta=-0.5") == 1
+    assert cli(*BASE, "sampler=euler_ancestral", "sampler.eta=-0.5") == 2
     assert "hyper-parameter 'eta' = -0.5 is outside [0.0, inf]" in capfd.readouterr().err
     assert not Path("results").exists()
 

@@ -34,10 +34,13 @@ class NonFiniteError(FloatingPointError):
 class Denoiser:
     """Wraps a model in the convention: sigma broadcast to [batch], NFE counted, outputs checked.
 
-    ``nfe`` counts model evaluations (one per call, whatever the batch size). ``step`` is the
-    index of the step being taken; the callback wrapper advances it. On the CPU a non-finite output
-    raises at once; on an accelerator the check is deferred to :meth:`raise_if_non_finite` (called by
-    :func:`sample` at the end) so that it costs no device synchronisation per evaluation.
+    ``nfe`` counts model evaluations (one per call, whatever the batch size). ``step`` is the index of
+    the latest step callback. Every sampler calls the callback after a step's first evaluation, so an
+    evaluation belongs to the step of the *next* event if that is a callback (a step's first evaluation),
+    else to ``step`` (a corrector evaluation, e.g. heun's). On the CPU a non-finite output therefore
+    raises at the next event (next evaluation, callback or the end), before the model is called again; on
+    an accelerator the check is deferred to :meth:`raise_if_non_finite` (called by :func:`sample` at the
+    end) so that it costs no device synchronisation per evaluation.
     """
 
     def __init__(self, model: Callable, extra_args: dict | None = None, check_finite: bool = True):
@@ -46,9 +49,23 @@ class Denoiser:
         self.check_finite = check_finite
         self.nfe = 0
         self.step = 0
-        self._pending: list = []  # (finite flag on device, step, sigma, nfe, output) for deferred checks
+        self._pending: list = []  # [finite flag on device, step, sigma, nfe, output] for deferred checks
+        self._latest: list | None = None  # the latest evaluation's record, until the next event fixes its step
+        self._bad: list | None = None  # a non-finite CPU evaluation, raised at the next event
+
+    def at_callback(self, i: int) -> None:
+        """Step ``i``'s callback: the evaluation just before it was step ``i``'s first one."""
+        if self._latest is not None:
+            self._latest[1] = i
+            self._latest = None
+        self.step = i
+        if self._bad is not None:
+            self._raise(*self._bad[1:])
 
     def __call__(self, x: torch.Tensor, sigma: float | torch.Tensor, **extra) -> torch.Tensor:
+        self._latest = None  # an evaluation follows: the previous one belonged to the step in progress
+        if self._bad is not None:
+            self._raise(*self._bad[1:])
         if isinstance(sigma, torch.Tensor) and sigma.ndim == 1:
             sigma_batch = sigma.to(x.dtype)
         else:
@@ -62,25 +79,29 @@ class Denoiser:
             low, high = torch.aminmax(denoised)
             if denoised.device.type == "cpu":
                 if not math.isfinite(float(low) + float(high)):  # python floats: no overflow, NaN/inf propagate
-                    self._raise(denoised, self.step, sigma_batch, self.nfe)
+                    self._bad = self._latest = [None, self.step, sigma_batch, self.nfe, denoised]
             else:
-                self._pending.append((torch.stack((low, high)), self.step, sigma_batch, self.nfe, denoised))
                 if len(self._pending) >= 64:
                     self.raise_if_non_finite()
+                self._latest = [torch.stack((low, high)), self.step, sigma_batch, self.nfe, denoised]
+                self._pending.append(self._latest)
         return denoised.to(x.dtype)
 
     def raise_if_non_finite(self) -> None:
         """Raise for the first deferred evaluation that was not finite (one synchronisation)."""
+        if self._bad is not None:
+            self._raise(*self._bad[1:])
         pending, self._pending = self._pending, []
         if not pending:
             return
         flags = torch.isfinite(torch.stack([extremes for extremes, *_ in pending]).float()).all(dim=1).cpu()
         if not bool(flags.all()):
             _, step, sigma_batch, nfe, denoised = pending[int((~flags).nonzero()[0])]
-            self._raise(denoised, step, sigma_batch, nfe)
+            self._raise(step, sigma_batch, nfe, denoised)
 
-    @staticmethod
-    def _raise(denoised, step, sigma_batch, nfe):
+    def _raise(self, step, sigma_batch, nfe, denoised):
+        self._bad = self._latest = None
+        self._pending = []
         bad = (~torch.isfinite(denoised)).flatten(1).any(1).nonzero().flatten().tolist()
         raise NonFiniteError(
             f"model returned non-finite values at step {step} (sigma={float(sigma_batch[0]):.6g}, "
@@ -218,7 +239,7 @@ class _Reporter:
 
     def __call__(self, info: dict) -> None:
         info.setdefault("sigma_index", info["i"])  # differs from i only where restarts re-run steps
-        self.denoiser.step = info["i"] + 1
+        self.denoiser.at_callback(info["i"])
         if self.progress is not None:
             self.progress.update(1)
         if self.user_callback is not None:
