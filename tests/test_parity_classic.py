@@ -321,6 +321,16 @@ def test_matches_kdiffusion_float64(case):
     assert float((ours - expected).abs().max()) <= 1e-11
 
 
+@pytest.mark.parametrize("order", [3, 4])
+@pytest.mark.parametrize("n_steps", [10, 15, 20, 25, 50])  # issue 9: multistep parity at every length
+def test_lms_matches_kdiffusion_at_every_length_float64(n_steps, order):
+    sigmas = karras_sigmas(n_steps)
+    x = torch.randn(BATCH, DIM, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * sigmas[0]
+    expected = kd_sample_lms(GMM, x, sigmas, order=order)
+    ours = optsample.sample("lms", GMM, x, sigmas, order=order)
+    assert float((ours - expected).abs().max()) <= 1e-11  # as test_matches_kdiffusion_float64
+
+
 @pytest.mark.parametrize("order", [1, 2, 3, 4])
 def test_lms_coefficients_exact(order):
     sigmas = karras_sigmas(8).numpy()

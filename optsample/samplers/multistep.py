@@ -264,7 +264,9 @@ def _unipc_loop(model, x, sigmas, callback, order, variant, lower_order_final, c
                               velocity=velocity_c)
         callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "sigma_next": sigma_next, "denoised": denoised})
         past.push(sigma, denoised)
-        last_order = min(order, i + 1, n_steps - i if lower_order_final and n_steps < 15 else order)
+        # diffusers UniPCMultistepScheduler.step: min(solver_order, len(timesteps) - step_index) at every
+        # length (unlike DPMSolverMultistep, whose lower_order_final only applies below 15 steps)
+        last_order = min(order, i + 1, n_steps - i if lower_order_final else order)
         x_last = x
         x = denoised if sigma_next == 0 else _unipc_update(x, sigma, sigma_next, past, last_order, variant,
                                                            velocity=velocity_p)
@@ -280,8 +282,8 @@ def unipc(model, x, sigmas, *, callback, noise_sampler, order: UniPCOrder = 2, v
           lower_order_final: bool = True, corrector: bool = True):
     """UniPC: UniP-p predictor + UniC corrector reusing the next model output (Zhao et al. 2023, Alg. 2).
 
-    Data prediction, lower-order warm-up (order min(order, i + 1)) and, with ``lower_order_final`` on
-    schedules of fewer than 15 steps, lower orders at the end (min(order, steps - i)) as diffusers'
+    Data prediction, lower-order warm-up (order min(order, i + 1)) and, with ``lower_order_final``,
+    lower orders at the end (min(order, steps - i)) at every length, as diffusers'
     UniPCMultistepScheduler does; no corrector after the last step, so NFE = steps. UniC raises the
     order of accuracy by one (Zhao et al. 2023, Thm. 3.3): ``order=p`` converges with order p + 1, and
     ``corrector=False`` (diffusers' ``disable_corrector`` on every step) leaves the order-p predictor.
