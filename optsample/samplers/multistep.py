@@ -18,6 +18,7 @@ import collections
 import math
 from typing import Annotated
 
+import numpy
 import torch
 
 from .core import add_noise, euler_step, steps, to_d
@@ -217,9 +218,11 @@ def _unipc_phi(hh: float, order: int, variant: str) -> tuple[float, float, list[
 
 
 def _solve(rks: list[float], b: list[float]) -> list[float]:
-    """rho with sum_k rho_k r_k^(i-1) = b_i, i = 1..len(b) (the Vandermonde system of UniPC, eq. 8)."""
-    vandermonde = torch.tensor([[r**i for r in rks] for i in range(len(b))], dtype=torch.float64)
-    return torch.linalg.solve(vandermonde, torch.tensor(b, dtype=torch.float64)).tolist()
+    """rho with sum_k rho_k r_k^(i-1) = b_i, i = 1..len(b) (the Vandermonde system of UniPC, eq. 8).
+
+    Solved with numpy on the host (at most 3x3): no tensor, so nothing for an accelerator run to wait on."""
+    vandermonde = numpy.array([[r**i for r in rks] for i in range(len(b))], dtype=numpy.float64)
+    return numpy.linalg.solve(vandermonde, numpy.array(b, dtype=numpy.float64)).tolist()
 
 
 def _unipc_update(x, sigma_s0: float, sigma_t: float, past: History, order: int, variant: str, denoised_t=None,
