@@ -293,8 +293,11 @@ def kd_case(seed: int = 5):
 
 
 def float64_noise(seed: int):
+    """A stream (new noise at every call; samplers/core.py, the noise contract)."""
     generator = torch.Generator().manual_seed(seed)
-    return lambda sigma, sigma_next: torch.randn(BATCH, DIM, generator=generator, dtype=torch.float64)
+    noise = lambda sigma, sigma_next: torch.randn(BATCH, DIM, generator=generator, dtype=torch.float64)  # noqa: E731
+    noise.independent_calls = True
+    return noise
 
 
 KD_CASES = {

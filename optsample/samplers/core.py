@@ -8,6 +8,25 @@ A sampler is ``fn(model, x, sigmas, *, callback, noise_sampler, **hparams) -> x`
 the :class:`Denoiser` built here: it takes a python-float sigma, binds ``extra_args``, counts every
 evaluation (NFE) and refuses non-finite outputs. Samplers never count, seed or check anything
 themselves.
+
+The noise contract. ``noise_sampler(sigma, sigma_next)`` returns N(0, I) noise shaped like ``x``, the noise
+of the noise-level interval between its two arguments (k-diffusion's signature). There are two kinds:
+
+- *streams* give fresh, independent noise at every call whatever the arguments (:class:`SeededNoise`,
+  ``torch.randn_like``); they say so with ``independent_calls = True``;
+- *path samplers* are functions of the interval: the standardised increment of one fixed Brownian path
+  W over [sigma_min, sigma_max], (W(sigma) - W(sigma_next)) / sqrt(|sigma - sigma_next|) (k-diffusion's
+  ``BrownianTreeNoiseSampler``). Disjoint intervals give independent noise, the same interval the same
+  noise, and outside [sigma_min, sigma_max] the path is clamped (torchsde), i.e. no noise at all. Any
+  noise sampler without ``independent_calls`` is treated as one.
+
+Samplers ask for the noise of the interval a step spans (sigma_next..sigma for a step, sigma..sigma_hat
+for churn, t_min..t_max for a restart jump), and may split an interval into disjoint pieces
+(``dpmpp_sde``). They may ask again for an interval already served (each of Restart's K jumps, the
+re-run steps of a warm restart) or above the schedule (churn at sigma_max): :class:`PathNoise` then gives
+fresh noise from the run's stream instead of the path's, since the process needs new noise there. So a
+path sampler drives every step of a sample's first pass through the schedule, and every request is
+independent of every other that the process needs independent.
 """
 
 from __future__ import annotations
@@ -167,13 +186,60 @@ def fold_seed(seed: int) -> int:
     return (seed ^ ((seed >> 32) * 0x9E3779B9)) & 0xFFFFFFFF
 
 
+class PathNoise:
+    """A path noise sampler held to the contract (module doc): requests inside [sigma_low, sigma_high] that
+    overlap no interval served before come from ``path``; the rest from ``fresh``, a stream."""
+
+    def __init__(self, path: Callable, fresh: Callable, sigma_low: float, sigma_high: float):
+        self.path, self.fresh = path, fresh
+        self.sigma_low, self.sigma_high = sigma_low, sigma_high
+        self.served: list[tuple[float, float]] = []  # disjoint (low, high) intervals taken from the path
+
+    def __call__(self, sigma: float, sigma_next: float) -> torch.Tensor:
+        low, high = sorted((float(sigma), float(sigma_next)))
+        inside = self.sigma_low <= low < high <= self.sigma_high
+        if inside and not any(low < b and a < high for a, b in self.served):  # touching ends do not overlap
+            self.served.append((low, high))
+            return self.path(sigma, sigma_next)
+        return self.fresh(sigma, sigma_next)
+
+
+def run_noise(noise_sampler: Callable | None, x: torch.Tensor, sigmas: torch.Tensor, seeds) -> Callable:
+    """The noise sampler a run uses: the per-sample stream of ``seeds`` (torch's global RNG without seeds),
+    or the user's ``noise_sampler``; a path sampler is wrapped in :class:`PathNoise` over the schedule's
+    positive range, its fresh noise from that same stream."""
+    stream = SeededNoise(x, seeds) if seeds is not None else _GlobalNoise(x)
+    if noise_sampler is None:
+        return stream
+    if getattr(noise_sampler, "independent_calls", False):
+        return noise_sampler
+    values = sigmas.tolist()
+    positive = [s for s in values if s > 0]
+    return PathNoise(noise_sampler, stream, min(positive), max(positive))
+
+
+class _GlobalNoise:
+    """torch.randn_like(x) from torch's global RNG: a stream."""
+
+    independent_calls = True
+
+    def __init__(self, x: torch.Tensor):
+        self.x = x
+
+    def __call__(self, sigma=None, sigma_next=None) -> torch.Tensor:
+        return torch.randn_like(self.x)
+
+
 class SeededNoise:
     """A k-diffusion compatible ``noise_sampler(sigma, sigma_next)`` with one generator per sample.
 
     Sample k's noise depends only on ``seeds[k]`` (never on the batch size or on the other samples):
     the fix for k-diffusion issue #25 / AUTOMATIC1111 #5210. Noise is drawn on the CPU, so a seed
-    gives the same numbers on every device, then moved to ``x``'s device and dtype.
+    gives the same numbers on every device, then moved to ``x``'s device and dtype. A stream: every call
+    gives new noise (the noise contract, module doc).
     """
+
+    independent_calls = True
 
     def __init__(self, x: torch.Tensor, seeds: Sequence[int]):
         if len(seeds) != x.shape[0]:
@@ -272,7 +338,8 @@ def sample(
 
     ``x`` is the starting point at ``sigmas[0]`` (noise already scaled by ``sigmas[0]``). Randomness
     comes from ``noise_sampler`` if given, else from per-sample ``seeds``, else from ``generator``
-    (one base seed drawn from it), else from torch's global RNG. Hyper-parameters are validated
+    (one base seed drawn from it), else from torch's global RNG; a Brownian-tree ``noise_sampler`` takes
+    its fresh noise (repeated and out-of-range requests, module doc) from ``seeds`` / ``generator`` too. Hyper-parameters are validated
     before the first model evaluation. Returns ``x`` at ``sigmas[-1]`` in ``x``'s dtype, or
     ``(x, SampleInfo)`` with ``return_info=True``.
     """
@@ -281,10 +348,9 @@ def sample(
     input_dtype = x.dtype
     x = x.to(state_dtype(x.dtype))
     sigmas = check_sigmas(sigmas, x)
-    if noise_sampler is None:
-        if seeds is None and generator is not None:
-            seeds = seeds_from_generator(generator, x.shape[0])
-        noise_sampler = SeededNoise(x, seeds) if seeds is not None else (lambda sigma, sigma_next: torch.randn_like(x))
+    if seeds is None and generator is not None and not getattr(noise_sampler, "independent_calls", False):
+        seeds = seeds_from_generator(generator, x.shape[0])
+    noise_sampler = run_noise(noise_sampler, x, sigmas, seeds)
     denoiser = model if isinstance(model, Denoiser) else Denoiser(model, extra_args)
     if isinstance(model, Denoiser) and extra_args:
         raise ValueError("pass extra_args to the Denoiser, not to sample(), when giving a Denoiser")
