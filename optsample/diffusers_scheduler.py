@@ -254,6 +254,8 @@ def seeds_for(batch: int, generator=None, noise_seed: int | None = None) -> list
 class _LazySeededNoise:
     """A noise_sampler that draws its seeds (from the pipeline's generator) only when first asked for noise."""
 
+    independent_calls = True  # a stream (samplers/core.py, the noise contract)
+
     def __init__(self, x: torch.Tensor, draw_seeds: Callable[[], list[int] | None]):
         self.x, self.draw_seeds, self.noise = x, draw_seeds, None
 

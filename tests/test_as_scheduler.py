@@ -19,6 +19,7 @@ import weakref
 import pytest
 import torch
 from diffusers import (
+    UniPCMultistepScheduler,
     AutoencoderKL, DDPMPipeline, DDPMScheduler, PNDMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline,
     UNet2DConditionModel, UNet2DModel,
 )
@@ -74,6 +75,23 @@ def test_every_registered_sampler_matches_its_own_loop(scaling):
         else:  # latents carried as x / sqrt(sigma^2 + 1) and back: float32 rounding only
             assert (out - ref).abs().max() <= 1e-5 * ref.abs().max(), (name, (out - ref).abs().max())
     assert not _workers()
+
+
+@pytest.mark.parametrize("n_steps", [10, 20])
+def test_unipc_order_3_scheduler_matches_diffusers_unipc(n_steps):
+    """as_scheduler("unipc", order=3) on UniPC's own sigmas equals diffusers' UniPCMultistepScheduler (issue 9:
+    the lower_order_final rule; at 20 steps it was 1.07e-2 off, fixed in samplers/multistep.py)."""
+    theirs_scheduler = UniPCMultistepScheduler(solver_order=3, **SCHEDULER_KWARGS)
+    theirs_scheduler.set_timesteps(n_steps)
+    ours_scheduler = as_scheduler("unipc", SCHEDULER_KWARGS, order=3)
+    ours_scheduler.set_timesteps(sigmas=theirs_scheduler.sigmas[:-1].tolist())
+    eps_net, _ = vp_models(ALPHAS_CUMPROD)
+    noise = initial_noise(range(16), (8,))
+    theirs = run_diffusers(theirs_scheduler, eps_net, noise)
+    # the same starting latents: UniPC's init_noise_sigma is 1, ours sigma_0 / sqrt(sigma_0^2 + 1)
+    ours = run_diffusers(ours_scheduler, eps_net, noise * (theirs_scheduler.init_noise_sigma / ours_scheduler.init_noise_sigma))
+    assert len(ours_scheduler.timesteps) == n_steps
+    assert (ours - theirs).abs().max().item() <= 1e-5  # float32 rounding, as tests/test_parity_multistep.py
 
 
 def test_timesteps_are_the_fractional_training_timesteps_of_the_evaluation_sigmas():

@@ -206,7 +206,10 @@ def restart_reference(model, x, sigmas, t_min_index, t_max, restart_k, restart_s
 
 
 class ReplayNoise:
-    """A noise_sampler(sigma, sigma_next) handing out a fixed list of standard normal tensors in order."""
+    """A noise_sampler(sigma, sigma_next) handing out a fixed list of standard normal tensors in order: a
+    stream (new noise at every call; samplers/core.py, the noise contract)."""
+
+    independent_calls = True
 
     def __init__(self, shape, count=400, seed=1234):
         g = torch.Generator().manual_seed(seed)

@@ -293,8 +293,11 @@ def kd_case(seed: int = 5):
 
 
 def float64_noise(seed: int):
+    """A stream (new noise at every call; samplers/core.py, the noise contract)."""
     generator = torch.Generator().manual_seed(seed)
-    return lambda sigma, sigma_next: torch.randn(BATCH, DIM, generator=generator, dtype=torch.float64)
+    noise = lambda sigma, sigma_next: torch.randn(BATCH, DIM, generator=generator, dtype=torch.float64)  # noqa: E731
+    noise.independent_calls = True
+    return noise
 
 
 KD_CASES = {
@@ -319,6 +322,16 @@ def test_matches_kdiffusion_float64(case):
     assert ours.dtype == torch.float64
     # k-diffusion's quad has epsrel 1e-4 but integrates these cubics exactly up to rounding
     assert float((ours - expected).abs().max()) <= 1e-11
+
+
+@pytest.mark.parametrize("order", [3, 4])
+@pytest.mark.parametrize("n_steps", [10, 15, 20, 25, 50])  # issue 9: multistep parity at every length
+def test_lms_matches_kdiffusion_at_every_length_float64(n_steps, order):
+    sigmas = karras_sigmas(n_steps)
+    x = torch.randn(BATCH, DIM, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * sigmas[0]
+    expected = kd_sample_lms(GMM, x, sigmas, order=order)
+    ours = optsample.sample("lms", GMM, x, sigmas, order=order)
+    assert float((ours - expected).abs().max()) <= 1e-11  # as test_matches_kdiffusion_float64
 
 
 @pytest.mark.parametrize("order", [1, 2, 3, 4])

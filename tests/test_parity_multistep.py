@@ -23,8 +23,10 @@ ATOL = 1e-5
 # PNDM's DDIM transfer (PNDM eq. 9) is evaluated in float32 from alphas_cumprod; the largest difference
 # seen was 1.2e-5 (5 steps, float32), and with float64 samples it stays <= 3e-6: rounding in diffusers.
 ATOL_PNDM = 2e-5
-
-
+# Issue 9: parity at one length hid a rule that only differs on long schedules (UniPC's lower_order_final
+# was DPMSolverMultistep's "< 15 steps" rule: 3.4e-2 off diffusers at 20 steps, 1.5e-6 at 10), so every
+# multistep sampler with a peer is compared at these lengths.
+LENGTHS = [10, 15, 20, 25, 50]
 
 
 def start_noise(batch: int = 16, dim: int = 8, dtype=torch.float32) -> torch.Tensor:
@@ -58,7 +60,7 @@ def pndm_sigmas(scheduler) -> torch.Tensor:
     return torch.tensor(sigmas + [0.0], dtype=torch.float32)
 
 
-@pytest.mark.parametrize("n_steps", [1, 2, 5, 10])
+@pytest.mark.parametrize("n_steps", [1, 2, 5, *LENGTHS])
 def test_plms_matches_diffusers_pndm(n_steps):
     scheduler = PNDMScheduler(skip_prk_steps=True, set_alpha_to_one=True, **SCHEDULER_KWARGS)
     scheduler.set_timesteps(n_steps)
@@ -72,7 +74,7 @@ def dpm_solver(order: int, **kwargs) -> DPMSolverMultistepScheduler:
     return DPMSolverMultistepScheduler(**{**SCHEDULER_KWARGS, **config, **kwargs})
 
 
-@pytest.mark.parametrize("n_steps", [5, 10])
+@pytest.mark.parametrize("n_steps", [5, *LENGTHS])
 def test_dpmpp_2m_matches_diffusers(n_steps):
     scheduler = dpm_solver(2)
     scheduler.set_timesteps(n_steps)
@@ -84,11 +86,11 @@ def test_dpmpp_2m_matches_diffusers(n_steps):
 # k-diffusion's 3M takes its 2nd-order warm-up step in the phi_2 ("heun") form, diffusers by default in
 # the midpoint form, so diffusers is set to solver_type="heun". With lower_order_final and < 15 steps
 # diffusers also drops to order 2 on the second-to-last step (k-diffusion does not): hence 20 steps, or
-# lower_order_final=False (the last step is first order anyway with final_sigmas_type="zero").
+# lower_order_final=False below 15 steps (the last step is first order anyway with final_sigmas_type="zero").
 @pytest.mark.parametrize("name, hparams", [("dpmpp_3m", {}), ("dpmpp_3m_sde", {"eta": 0.0})])
-@pytest.mark.parametrize("n_steps, lower_order_final", [(10, False), (20, True)])
-def test_dpmpp_3m_matches_diffusers(name, hparams, n_steps, lower_order_final):
-    scheduler = dpm_solver(3, solver_type="heun", lower_order_final=lower_order_final)
+@pytest.mark.parametrize("n_steps", LENGTHS)
+def test_dpmpp_3m_matches_diffusers(name, hparams, n_steps):
+    scheduler = dpm_solver(3, solver_type="heun", lower_order_final=n_steps >= 15)
     scheduler.set_timesteps(n_steps)
     ours, theirs, nfe, calls = run_both(scheduler, scheduler.sigmas, name, **hparams)
     assert (ours - theirs).abs().max().item() <= ATOL
@@ -121,7 +123,7 @@ def test_dpmpp_2m_sde_matches_diffusers_with_shared_noise(solver_type, dtype, at
 
 @pytest.mark.parametrize("variant", ["bh1", "bh2"])
 @pytest.mark.parametrize("order", [1, 2, 3])
-@pytest.mark.parametrize("n_steps", [3, 10])
+@pytest.mark.parametrize("n_steps", [3, *LENGTHS])
 def test_unipc_matches_diffusers(order, variant, n_steps):
     scheduler = UniPCMultistepScheduler(solver_order=order, solver_type=variant, **SCHEDULER_KWARGS)
     scheduler.set_timesteps(n_steps)
@@ -134,6 +136,37 @@ def test_unipc_matches_diffusers(order, variant, n_steps):
         assert torch.equal(theirs, last_x0)
     reference = torch.where(torch.isfinite(theirs), theirs, last_x0)
     assert (ours - reference).abs().max().item() <= ATOL
+    assert nfe == calls == n_steps
+
+
+# unipc_momentum shares UniPC's loop (the order schedule included): at beta = 0 it is diffusers' UniPC to
+# rounding at every length (before the lower_order_final fix both were 1.07e-2 off at 20 steps, order 3).
+@pytest.mark.parametrize("n_steps", LENGTHS)
+def test_unipc_momentum_beta_zero_matches_diffusers_unipc(n_steps):
+    scheduler = UniPCMultistepScheduler(solver_order=3, solver_type="bh2", **SCHEDULER_KWARGS)
+    scheduler.set_timesteps(n_steps)
+    ours, theirs, nfe, calls = run_both(scheduler, scheduler.sigmas, "unipc_momentum", order=3, beta=0.0)
+    assert (ours - theirs).abs().max().item() <= ATOL
+    assert nfe == calls == n_steps
+
+
+# lower_order_final=False keeps the full order to the end; a full-order step to sigma = 0 is the log(0)
+# of diffusers #9007 (inf), so this is compared on diffusers' final_sigmas_type="sigma_min" schedule,
+# which ends at sigma_min > 0: there the two coordinates differ by sqrt(sigma_min^2 + 1) (x_vp = x_ve / that).
+@pytest.mark.parametrize("variant", ["bh1", "bh2"])
+@pytest.mark.parametrize("order", [2, 3])
+@pytest.mark.parametrize("lower_order_final", [True, False])
+@pytest.mark.parametrize("n_steps", [10, 20])
+def test_unipc_matches_diffusers_ending_at_sigma_min(order, variant, n_steps, lower_order_final):
+    scheduler = UniPCMultistepScheduler(solver_order=order, solver_type=variant, lower_order_final=lower_order_final,
+                                        final_sigmas_type="sigma_min", **SCHEDULER_KWARGS)
+    scheduler.set_timesteps(n_steps)
+    sigmas = scheduler.sigmas
+    assert float(sigmas[-1]) > 0
+    ours, theirs, nfe, calls = run_both(scheduler, sigmas, "unipc", order=order, variant=variant,
+                                        lower_order_final=lower_order_final)
+    ours_vp = ours / math.sqrt(float(sigmas[-1]) ** 2 + 1)
+    assert (ours_vp - theirs).abs().max().item() <= ATOL
     assert nfe == calls == n_steps
 
 
@@ -266,8 +299,9 @@ def test_dpmpp_sde_matches_kdiffusion_transcription_float64(name, reference, hpa
 
 @pytest.mark.parametrize("max_order", [2, 3, 4])  # the transcription's buffer handling fails for max_order=1
 @pytest.mark.parametrize("final_zero", [True, False])
-def test_ipndm_matches_comfyui_transcription_float64(max_order, final_zero):
-    sigmas = karras_sigmas(12)
+@pytest.mark.parametrize("n_steps", [12, *LENGTHS])
+def test_ipndm_matches_comfyui_transcription_float64(max_order, final_zero, n_steps):
+    sigmas = karras_sigmas(n_steps)
     sigmas = sigmas if final_zero else sigmas[:-1]
     x = start_noise(6, 4, torch.float64) * sigmas[0]
     ours = optsample.sample("ipndm", GMM, x, sigmas, order=max_order)

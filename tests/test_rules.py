@@ -162,6 +162,40 @@ def test_ema_of_denoised_equals_heavy_ball_on_d():
         assert max_diff(run("ema_x0", beta=beta), run("momentum", beta=beta)) < 1e-12
 
 
+# Issue 9: "ghvb at integer order is PLMS" and "plms_momentum with beta 0 is PLMS" were 1.6e-2 off ``plms``
+# (which takes a Heun first step, 2 NFE). What they are: Adams-Bashforth of order k with lower-order warm-up
+# (Euler first), i.e. ``ipndm(max_order=k)``; exactly so on a schedule ending above 0, while on one ending
+# at 0 ipndm's last step is x = denoised and theirs is the AB step.
+POSITIVE_END = SIGMAS[:-1]  # karras 12 steps, 80 -> 0.002, no trailing 0
+
+
+@pytest.mark.parametrize("order", [2, 3, 4])
+def test_integer_order_ghvb_and_beta0_plms_momentum_are_ipndm(order):
+    ipndm = run("ipndm", sigmas=POSITIVE_END, max_order=order)
+    assert torch.equal(run("ghvb", sigmas=POSITIVE_END, order=float(order)), ipndm)
+    assert torch.equal(run("plms_momentum", sigmas=POSITIVE_END, order=order, beta=0.0), ipndm)
+    # on any schedule the two rules are one sampler
+    assert torch.equal(run("ghvb", order=float(order)), run("plms_momentum", order=order, beta=0.0))
+    # ... and neither is ``plms`` (Heun start): the gap the old docstrings hid
+    assert max_diff(run("ghvb", order=float(order)), run("plms")) > 1e-3
+
+
+def test_integer_order_ghvb_differs_from_ipndm_only_in_the_last_step_to_zero():
+    """With a final 0, ghvb's last step is the AB step x - sigma AB(d), ipndm's x = denoised (k-diffusion)."""
+    order, seen = 4, []
+    run("ghvb", order=4.0, callback=seen.append)
+    last = seen[-1]
+    before_last = run("ipndm", sigmas=SIGMAS[:-1], max_order=order)
+    assert torch.equal(last["x"], before_last)
+    assert torch.equal(run("ipndm", max_order=order), last["denoised"])
+
+
+def test_unipc_momentum_beta0_is_unipc_to_rounding():
+    """rules.py / multistep.py: beta = 0 is UniPC up to rounding (divided by h phi_1 and multiplied back)."""
+    for order in (1, 2, 3):
+        assert max_diff(run("unipc_momentum", beta=0.0, order=order), run("unipc", order=order)) < 1e-12
+
+
 def nesterov_reference(model, x, sigmas, beta):
     """Nesterov (Sutskever et al. 2013, eq. 3-4) in velocity form: gradient at x + beta h vel, noise level shifted."""
     vel = None

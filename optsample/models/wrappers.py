@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from ..samplers.core import on_host
+
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
@@ -85,7 +87,7 @@ class DiscreteSchedule(torch.nn.Module):
     def sigma_to_t(self, sigma: torch.Tensor, quantize: bool | None = None) -> torch.Tensor:
         """Fractional timestep of each sigma (nearest integer with ``quantize``)."""
         quantize = self.quantize if quantize is None else quantize
-        if not quantize and sigma.ndim == 1 and len(sigma) > 0:
+        if not quantize and sigma.ndim == 1 and len(sigma) > 0 and on_host(sigma):  # reading sigma syncs a GPU
             first = float(sigma[0])
             if first > 0 and bool((sigma == first).all()):  # samplers give every sample the same sigma
                 return torch.full_like(sigma, self._scalar_sigma_to_t(first))

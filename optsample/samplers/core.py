@@ -8,6 +8,25 @@ A sampler is ``fn(model, x, sigmas, *, callback, noise_sampler, **hparams) -> x`
 the :class:`Denoiser` built here: it takes a python-float sigma, binds ``extra_args``, counts every
 evaluation (NFE) and refuses non-finite outputs. Samplers never count, seed or check anything
 themselves.
+
+The noise contract. ``noise_sampler(sigma, sigma_next)`` returns N(0, I) noise shaped like ``x``, the noise
+of the noise-level interval between its two arguments (k-diffusion's signature). There are two kinds:
+
+- *streams* give fresh, independent noise at every call whatever the arguments (:class:`SeededNoise`,
+  ``torch.randn_like``); they say so with ``independent_calls = True``;
+- *path samplers* are functions of the interval: the standardised increment of one fixed Brownian path
+  W over [sigma_min, sigma_max], (W(sigma) - W(sigma_next)) / sqrt(|sigma - sigma_next|) (k-diffusion's
+  ``BrownianTreeNoiseSampler``). Disjoint intervals give independent noise, the same interval the same
+  noise, and outside [sigma_min, sigma_max] the path is clamped (torchsde), i.e. no noise at all. Any
+  noise sampler without ``independent_calls`` is treated as one.
+
+Samplers ask for the noise of the interval a step spans (sigma_next..sigma for a step, sigma..sigma_hat
+for churn, t_min..t_max for a restart jump), and may split an interval into disjoint pieces
+(``dpmpp_sde``). They may ask again for an interval already served (each of Restart's K jumps, the
+re-run steps of a warm restart) or above the schedule (churn at sigma_max): :class:`PathNoise` then gives
+fresh noise from the run's stream instead of the path's, since the process needs new noise there. So a
+path sampler drives every step of a sample's first pass through the schedule, and every request is
+independent of every other that the process needs independent.
 """
 
 from __future__ import annotations
@@ -31,6 +50,13 @@ class NonFiniteError(FloatingPointError):
     """The model returned NaN or inf; the message names the step, sigma and NFE."""
 
 
+def on_host(tensor: torch.Tensor) -> bool:
+    """True when reading ``tensor``'s values in python (``float``, ``bool``, ``.item()``) costs no device
+    synchronisation: the CPU. The fast paths that read values are taken only then; the hot path on an
+    accelerator never reads a tensor (tests pretend a CPU tensor is not on the host by patching this)."""
+    return tensor.device.type == "cpu"
+
+
 class Denoiser:
     """Wraps a model in the convention: sigma broadcast to [batch], NFE counted, outputs checked.
 
@@ -40,8 +66,12 @@ class Denoiser:
     else to ``step`` (a corrector evaluation, e.g. heun's). On the CPU a non-finite output therefore
     raises at the next event (next evaluation, callback or the end), before the model is called again; on
     an accelerator the check is deferred to :meth:`raise_if_non_finite` (called by :func:`sample` at the
-    end) so that it costs no device synchronisation per evaluation.
+    end, and after every 64 evaluations) so that it costs no device synchronisation per evaluation. A
+    deferred evaluation keeps only a [batch] bool tensor of which samples were finite (never ``denoised``
+    itself: 64 of those would be 3 GB for a 64x3x256x256 batch).
     """
+
+    DEFER_LIMIT = 64  # deferred evaluations checked together (one synchronisation each 64 evaluations)
 
     def __init__(self, model: Callable, extra_args: dict | None = None, check_finite: bool = True):
         self.inner = model
@@ -49,9 +79,9 @@ class Denoiser:
         self.check_finite = check_finite
         self.nfe = 0
         self.step = 0
-        self._pending: list = []  # [finite flag on device, step, sigma, nfe, output] for deferred checks
+        self._pending: list = []  # [per-sample finite flags on the device, step, sigma, nfe] for deferred checks
         self._latest: list | None = None  # the latest evaluation's record, until the next event fixes its step
-        self._bad: list | None = None  # a non-finite CPU evaluation, raised at the next event
+        self._bad: list | None = None  # a non-finite CPU evaluation's record, raised at the next event
 
     def at_callback(self, i: int) -> None:
         """Step ``i``'s callback: the evaluation just before it was step ``i``'s first one."""
@@ -60,12 +90,12 @@ class Denoiser:
             self._latest = None
         self.step = i
         if self._bad is not None:
-            self._raise(*self._bad[1:])
+            self._raise(*self._bad)
 
     def __call__(self, x: torch.Tensor, sigma: float | torch.Tensor, **extra) -> torch.Tensor:
         self._latest = None  # an evaluation follows: the previous one belonged to the step in progress
         if self._bad is not None:
-            self._raise(*self._bad[1:])
+            self._raise(*self._bad)
         if isinstance(sigma, torch.Tensor) and sigma.ndim == 1:
             sigma_batch = sigma.to(x.dtype)
         else:
@@ -74,37 +104,38 @@ class Denoiser:
         self.nfe += 1
         check_model_output(denoised, x)
         if self.check_finite:
-            # min and max are NaN if any element is, and +-inf if any element is: two numbers to test
-            # instead of a full boolean mask (about 10x cheaper than isfinite(denoised).all()).
-            low, high = torch.aminmax(denoised)
-            if denoised.device.type == "cpu":
+            if on_host(denoised):
+                # min and max are NaN if any element is, and +-inf if any element is: two numbers to test
+                # instead of a full boolean mask (about 10x cheaper than isfinite(denoised).all()).
+                low, high = torch.aminmax(denoised)
                 if not math.isfinite(float(low) + float(high)):  # python floats: no overflow, NaN/inf propagate
-                    self._bad = self._latest = [None, self.step, sigma_batch, self.nfe, denoised]
+                    self._bad = self._latest = [_finite_per_sample(denoised), self.step, sigma_batch[:1], self.nfe]
             else:
-                if len(self._pending) >= 64:
+                if len(self._pending) >= self.DEFER_LIMIT:
                     self.raise_if_non_finite()
-                self._latest = [torch.stack((low, high)), self.step, sigma_batch, self.nfe, denoised]
+                self._latest = [_finite_per_sample(denoised), self.step, sigma_batch[:1], self.nfe]
                 self._pending.append(self._latest)
         return denoised.to(x.dtype)
 
     def raise_if_non_finite(self) -> None:
         """Raise for the first deferred evaluation that was not finite (one synchronisation)."""
         if self._bad is not None:
-            self._raise(*self._bad[1:])
+            self._raise(*self._bad)
         pending, self._pending = self._pending, []
         if not pending:
             return
-        flags = torch.isfinite(torch.stack([extremes for extremes, *_ in pending]).float()).all(dim=1).cpu()
-        if not bool(flags.all()):
-            _, step, sigma_batch, nfe, denoised = pending[int((~flags).nonzero()[0])]
-            self._raise(step, sigma_batch, nfe, denoised)
+        flags = torch.stack([finite for finite, *_ in pending]).cpu()  # [evaluations, batch]
+        bad = (~flags.all(dim=1)).nonzero()
+        if len(bad):
+            _, step, sigma, nfe = pending[int(bad[0])]
+            self._raise(flags[int(bad[0])], step, sigma, nfe)
 
-    def _raise(self, step, sigma_batch, nfe, denoised):
+    def _raise(self, finite, step, sigma, nfe):
         self._bad = self._latest = None
         self._pending = []
-        bad = (~torch.isfinite(denoised)).flatten(1).any(1).nonzero().flatten().tolist()
+        bad = (~finite).nonzero().flatten().tolist()
         raise NonFiniteError(
-            f"model returned non-finite values at step {step} (sigma={float(sigma_batch[0]):.6g}, "
+            f"model returned non-finite values at step {step} (sigma={float(sigma[0]):.6g}, "
             f"NFE {nfe}) for batch item(s) {bad[:10]}"
         )
 
@@ -115,6 +146,12 @@ def check_model_output(denoised, x: torch.Tensor) -> None:
         raise TypeError(f"the model must return a tensor (denoised, shape {tuple(x.shape)}), got {type(denoised).__name__}")
     if denoised.shape != x.shape:
         raise ValueError(f"the model returned shape {tuple(denoised.shape)}, but x has shape {tuple(x.shape)}")
+
+
+def _finite_per_sample(denoised: torch.Tensor) -> torch.Tensor:
+    """[batch] bool: sample k's output is all finite (its min and max are, per sample, as in the CPU check)."""
+    low, high = torch.aminmax(denoised.reshape(denoised.shape[0], -1), dim=1)
+    return torch.isfinite(low) & torch.isfinite(high)
 
 
 def to_d(x: torch.Tensor, sigma: float, denoised: torch.Tensor) -> torch.Tensor:
@@ -180,13 +217,60 @@ def fold_seed(seed: int) -> int:
     return (seed ^ ((seed >> 32) * 0x9E3779B9)) & 0xFFFFFFFF
 
 
+class PathNoise:
+    """A path noise sampler held to the contract (module doc): requests inside [sigma_low, sigma_high] that
+    overlap no interval served before come from ``path``; the rest from ``fresh``, a stream."""
+
+    def __init__(self, path: Callable, fresh: Callable, sigma_low: float, sigma_high: float):
+        self.path, self.fresh = path, fresh
+        self.sigma_low, self.sigma_high = sigma_low, sigma_high
+        self.served: list[tuple[float, float]] = []  # disjoint (low, high) intervals taken from the path
+
+    def __call__(self, sigma: float, sigma_next: float) -> torch.Tensor:
+        low, high = sorted((float(sigma), float(sigma_next)))
+        inside = self.sigma_low <= low < high <= self.sigma_high
+        if inside and not any(low < b and a < high for a, b in self.served):  # touching ends do not overlap
+            self.served.append((low, high))
+            return self.path(sigma, sigma_next)
+        return self.fresh(sigma, sigma_next)
+
+
+def run_noise(noise_sampler: Callable | None, x: torch.Tensor, sigmas: torch.Tensor, seeds) -> Callable:
+    """The noise sampler a run uses: the per-sample stream of ``seeds`` (torch's global RNG without seeds),
+    or the user's ``noise_sampler``; a path sampler is wrapped in :class:`PathNoise` over the schedule's
+    positive range, its fresh noise from that same stream."""
+    stream = SeededNoise(x, seeds) if seeds is not None else _GlobalNoise(x)
+    if noise_sampler is None:
+        return stream
+    if getattr(noise_sampler, "independent_calls", False):
+        return noise_sampler
+    values = sigmas.tolist()
+    positive = [s for s in values if s > 0]
+    return PathNoise(noise_sampler, stream, min(positive), max(positive))
+
+
+class _GlobalNoise:
+    """torch.randn_like(x) from torch's global RNG: a stream."""
+
+    independent_calls = True
+
+    def __init__(self, x: torch.Tensor):
+        self.x = x
+
+    def __call__(self, sigma=None, sigma_next=None) -> torch.Tensor:
+        return torch.randn_like(self.x)
+
+
 class SeededNoise:
     """A k-diffusion compatible ``noise_sampler(sigma, sigma_next)`` with one generator per sample.
 
     Sample k's noise depends only on ``seeds[k]`` (never on the batch size or on the other samples):
     the fix for k-diffusion issue #25 / AUTOMATIC1111 #5210. Noise is drawn on the CPU, so a seed
-    gives the same numbers on every device, then moved to ``x``'s device and dtype.
+    gives the same numbers on every device, then moved to ``x``'s device and dtype. A stream: every call
+    gives new noise (the noise contract, module doc).
     """
+
+    independent_calls = True
 
     def __init__(self, x: torch.Tensor, seeds: Sequence[int]):
         if len(seeds) != x.shape[0]:
@@ -211,7 +295,7 @@ def initial_noise(seeds: Sequence[int], shape: Sequence[int], *, dtype=torch.flo
 
 def seeds_from_generator(generator: torch.Generator, n: int) -> list[int]:
     """Per-sample seeds base + k, with ``base`` one draw from ``generator`` (batch-size independent)."""
-    base = int(torch.randint(0, 2**62, (1,), generator=generator))
+    base = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))  # a CUDA generator draws on CUDA
     return [base + k for k in range(n)]
 
 
@@ -302,7 +386,8 @@ def sample(
 
     ``x`` is the starting point at ``sigmas[0]`` (noise already scaled by ``sigmas[0]``). Randomness
     comes from ``noise_sampler`` if given, else from per-sample ``seeds``, else from ``generator``
-    (one base seed drawn from it), else from torch's global RNG. Hyper-parameters are validated
+    (one base seed drawn from it), else from torch's global RNG; a Brownian-tree ``noise_sampler`` takes
+    its fresh noise (repeated and out-of-range requests, module doc) from ``seeds`` / ``generator`` too. Hyper-parameters are validated
     before the first model evaluation. Returns ``x`` at ``sigmas[-1]`` in ``x``'s dtype, or
     ``(x, SampleInfo)`` with ``return_info=True``.
     """
@@ -312,10 +397,9 @@ def sample(
     input_dtype = x.dtype
     x = x.to(state_dtype(x.dtype))
     sigmas = check_sigmas(sigmas, x)
-    if noise_sampler is None:
-        if seeds is None and generator is not None:
-            seeds = seeds_from_generator(generator, x.shape[0])
-        noise_sampler = SeededNoise(x, seeds) if seeds is not None else (lambda sigma, sigma_next: torch.randn_like(x))
+    if seeds is None and generator is not None and not getattr(noise_sampler, "independent_calls", False):
+        seeds = seeds_from_generator(generator, x.shape[0])
+    noise_sampler = run_noise(noise_sampler, x, sigmas, seeds)
     denoiser = model if isinstance(model, Denoiser) else Denoiser(model, extra_args)
     if isinstance(model, Denoiser) and extra_args:
         raise ValueError("pass extra_args to the Denoiser, not to sample(), when giving a Denoiser")

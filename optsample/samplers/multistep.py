@@ -18,6 +18,7 @@ import collections
 import math
 from typing import Annotated
 
+import numpy
 import torch
 
 from .core import add_noise, euler_step, steps, to_d
@@ -220,9 +221,11 @@ def _unipc_phi(hh: float, order: int, variant: str) -> tuple[float, float, list[
 
 
 def _solve(rks: list[float], b: list[float]) -> list[float]:
-    """rho with sum_k rho_k r_k^(i-1) = b_i, i = 1..len(b) (the Vandermonde system of UniPC, eq. 8)."""
-    vandermonde = torch.tensor([[r**i for r in rks] for i in range(len(b))], dtype=torch.float64)
-    return torch.linalg.solve(vandermonde, torch.tensor(b, dtype=torch.float64)).tolist()
+    """rho with sum_k rho_k r_k^(i-1) = b_i, i = 1..len(b) (the Vandermonde system of UniPC, eq. 8).
+
+    Solved with numpy on the host (at most 3x3): no tensor, so nothing for an accelerator run to wait on."""
+    vandermonde = numpy.array([[r**i for r in rks] for i in range(len(b))], dtype=numpy.float64)
+    return numpy.linalg.solve(vandermonde, numpy.array(b, dtype=numpy.float64)).tolist()
 
 
 def _unipc_update(x, sigma_s0: float, sigma_t: float, past: History, order: int, variant: str, denoised_t=None,
@@ -267,7 +270,9 @@ def _unipc_loop(model, x, sigmas, callback, order, variant, lower_order_final, c
                               velocity=velocity_c)
         callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "sigma_next": sigma_next, "denoised": denoised})
         past.push(sigma, denoised)
-        last_order = min(order, i + 1, n_steps - i if lower_order_final and n_steps < 15 else order)
+        # diffusers UniPCMultistepScheduler.step: min(solver_order, len(timesteps) - step_index) at every
+        # length (unlike DPMSolverMultistep, whose lower_order_final only applies below 15 steps)
+        last_order = min(order, i + 1, n_steps - i if lower_order_final else order)
         x_last = x
         x = denoised if sigma_next == 0 else _unipc_update(x, sigma, sigma_next, past, last_order, variant,
                                                            velocity=velocity_p)
@@ -278,13 +283,13 @@ UniPCOrder = Annotated[int, Range(1, 3)]
 UniPCVariant = Annotated[str, Choice("bh1", "bh2")]
 
 
-@register("unipc")
+@register("unipc", revision=2)  # 2: lower order near the end at every length, as diffusers
 def unipc(model, x, sigmas, *, callback, noise_sampler, order: UniPCOrder = 2, variant: UniPCVariant = "bh2",
           lower_order_final: bool = True, corrector: bool = True):
     """UniPC: UniP-p predictor + UniC corrector reusing the next model output (Zhao et al. 2023, Alg. 2).
 
-    Data prediction, lower-order warm-up (order min(order, i + 1)) and, with ``lower_order_final`` on
-    schedules of fewer than 15 steps, lower orders at the end (min(order, steps - i)) as diffusers'
+    Data prediction, lower-order warm-up (order min(order, i + 1)) and, with ``lower_order_final``,
+    lower orders at the end (min(order, steps - i)) at every length, as diffusers'
     UniPCMultistepScheduler does; no corrector after the last step, so NFE = steps. UniC raises the
     order of accuracy by one (Zhao et al. 2023, Thm. 3.3): ``order=p`` converges with order p + 1, and
     ``corrector=False`` (diffusers' ``disable_corrector`` on every step) leaves the order-p predictor.
@@ -293,7 +298,7 @@ def unipc(model, x, sigmas, *, callback, noise_sampler, order: UniPCOrder = 2, v
     return _unipc_loop(model, x, sigmas, callback, order, variant, lower_order_final, corrector)
 
 
-@register("unipc_momentum")
+@register("unipc_momentum", revision=2)  # 2: inherits unipc's end-of-run order
 def unipc_momentum(model, x, sigmas, *, callback, noise_sampler, beta: Decay = 0.2,
                    order: UniPCOrder = 2, variant: UniPCVariant = "bh2", lower_order_final: bool = True,
                    corrector: bool = True):

@@ -166,14 +166,17 @@ def nesterov(*, beta: Decay = 0.2, lookahead_sigma: Annotated[str, Choice("shift
 @register_rule("ghvb")
 def ghvb(*, order: Annotated[float, Range(0.0, 4.0, low_open=True)] = 1.5):
     """Generalised heavy ball of fractional order (Wizadwongsa et al. 2024, eq. 14, ``GHVBScheduler``):
-    order 1.5 = 2nd-order Adams-Bashforth on velocities with b = 0.5. order 1: Euler; integer: PLMS."""
+    order 1.5 = 2nd-order Adams-Bashforth on velocities with b = 0.5. order 1: Euler. Integer order k: Adams-Bashforth
+    of order k with lower-order warm-up, i.e. ``ipndm(max_order=k)`` bit for bit on a schedule ending above 0
+    (ending at 0, ipndm's last step is x = denoised, this one the AB step); not ``plms``, which starts with Heun."""
     return T.ghvb(order)
 
 
 @register_rule("plms_momentum")
 def plms_momentum(*, order: Annotated[int, Range(1, 4)] = 4, beta: Decay = 0.2):
     """PLMS (fixed Adams-Bashforth weights on d, PNDM eq. 12) with heavy ball on the combination
-    (Wizadwongsa et al. 2024, ``PLMSWithHBScheduler``; b = 1 - beta). order 1 and beta 0: Euler."""
+    (Wizadwongsa et al. 2024, ``PLMSWithHBScheduler``; b = 1 - beta). order 1 and beta 0: Euler; beta 0: ``ghvb`` of
+    the same integer order bit for bit (Adams-Bashforth with lower-order warm-up, = ``ipndm``; not ``plms``)."""
     return T.chain(T.adams_bashforth(order), T.heavy_ball(beta))
 
 
@@ -225,6 +228,7 @@ def eps_scaling(*, scale: Positive = 1.01, slope: float = 0.0):
 @register_rule("ema_x0")
 def ema_x0(*, beta: Decay = 0.2):
     """Moving average of the denoised estimate, direction (x - ema)/sigma (after Qian et al. 2024, MASF,
-    arXiv 2403.17870, one band). beta = 0: Euler."""
+    arXiv 2403.17870, one band). beta = 0: Euler. With Euler steps it is ``momentum`` (heavy ball on d) with the
+    same beta, to rounding (tests/test_rules.py), so studies list only ``momentum``."""
     return T.ema_denoised(beta)
 

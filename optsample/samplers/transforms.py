@@ -202,7 +202,8 @@ def adams_bashforth(order: int) -> Rule:
 def ghvb(order: float) -> Rule:
     """GHVB: vel = (1 - b) vel + b d, then the b-weighted Adams-Bashforth combination of the last
     ceil(order) velocities, b = fractional part of order (1 if integer) (Wizadwongsa et al. 2024, eq. 14;
-    ``GHVBScheduler``). Integer order = PLMS of that order; order 1 = Euler; 1.5 = order 2, b = 0.5."""
+    ``GHVBScheduler``). Integer order k: Adams-Bashforth of order k with lower-order warm-up (iPNDM's, not PLMS's
+    Heun start); order 1 = Euler; 1.5 = order 2, b = 0.5."""
     steps_back = math.ceil(order)
     b = order - (steps_back - 1)
 
