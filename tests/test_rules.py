@@ -164,14 +164,14 @@ def test_ema_of_denoised_equals_heavy_ball_on_d():
 
 # Issue 9: "ghvb at integer order is PLMS" and "plms_momentum with beta 0 is PLMS" were 1.6e-2 off ``plms``
 # (which takes a Heun first step, 2 NFE). What they are: Adams-Bashforth of order k with lower-order warm-up
-# (Euler first), i.e. ``ipndm(max_order=k)``; exactly so on a schedule ending above 0, while on one ending
+# (Euler first), i.e. ``ipndm(order=k)``; exactly so on a schedule ending above 0, while on one ending
 # at 0 ipndm's last step is x = denoised and theirs is the AB step.
 POSITIVE_END = SIGMAS[:-1]  # karras 12 steps, 80 -> 0.002, no trailing 0
 
 
 @pytest.mark.parametrize("order", [2, 3, 4])
 def test_integer_order_ghvb_and_beta0_plms_momentum_are_ipndm(order):
-    ipndm = run("ipndm", sigmas=POSITIVE_END, max_order=order)
+    ipndm = run("ipndm", sigmas=POSITIVE_END, order=order)
     assert torch.equal(run("ghvb", sigmas=POSITIVE_END, order=float(order)), ipndm)
     assert torch.equal(run("plms_momentum", sigmas=POSITIVE_END, order=order, beta=0.0), ipndm)
     # on any schedule the two rules are one sampler
@@ -185,9 +185,9 @@ def test_integer_order_ghvb_differs_from_ipndm_only_in_the_last_step_to_zero():
     order, seen = 4, []
     run("ghvb", order=4.0, callback=seen.append)
     last = seen[-1]
-    before_last = run("ipndm", sigmas=SIGMAS[:-1], max_order=order)
+    before_last = run("ipndm", sigmas=SIGMAS[:-1], order=order)
     assert torch.equal(last["x"], before_last)
-    assert torch.equal(run("ipndm", max_order=order), last["denoised"])
+    assert torch.equal(run("ipndm", order=order), last["denoised"])
 
 
 def test_unipc_momentum_beta0_is_unipc_to_rounding():

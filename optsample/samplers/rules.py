@@ -167,7 +167,7 @@ def nesterov(*, beta: Decay = 0.2, lookahead_sigma: Annotated[str, Choice("shift
 def ghvb(*, order: Annotated[float, Range(0.0, 4.0, low_open=True)] = 1.5):
     """Generalised heavy ball of fractional order (Wizadwongsa et al. 2024, eq. 14, ``GHVBScheduler``):
     order 1.5 = 2nd-order Adams-Bashforth on velocities with b = 0.5. order 1: Euler. Integer order k: Adams-Bashforth
-    of order k with lower-order warm-up, i.e. ``ipndm(max_order=k)`` bit for bit on a schedule ending above 0
+    of order k with lower-order warm-up, i.e. ``ipndm(order=k)`` bit for bit on a schedule ending above 0
     (ending at 0, ipndm's last step is x = denoised, this one the AB step); not ``plms``, which starts with Heun."""
     return T.ghvb(order)
 
