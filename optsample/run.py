@@ -394,16 +394,18 @@ class SweepTableCallback(Callback):
 
 
 def config_path() -> str:
-    """Absolute path of the configs: the ``optsample.conf`` package data (an installed wheel, or the
-    editable checkout's conf/ mapped to that package), else the checkout's conf/."""
+    """Absolute path of the configs: the conf/ of the source checkout this module is imported from,
+    else the ``optsample.conf`` package data (an installed wheel). The checkout comes first: an editable
+    install of another checkout maps ``optsample.conf`` to *its* conf/, which must not win."""
     import importlib.util
 
+    checkout = Path(__file__).resolve().parent.parent
+    candidates = [str(checkout / "conf")] if (checkout / "pyproject.toml").exists() else []
     try:
         spec = importlib.util.find_spec("optsample.conf")
     except ImportError:
         spec = None
-    candidates = list(spec.submodule_search_locations or []) if spec is not None else []
-    candidates.append(str(Path(__file__).resolve().parent.parent / "conf"))
+    candidates += list(spec.submodule_search_locations or []) if spec is not None else []
     for folder in candidates:
         if (Path(folder) / "config.yaml").exists():
             return str(Path(folder).resolve())

@@ -29,3 +29,11 @@ def test_wheel_ships_conf_and_the_runner_finds_it(tmp_path):
     assert conf_dir.is_relative_to(site) and (conf_dir / "config.yaml").exists()
     assert sorted(p.name for p in (conf_dir / "experiment").glob("*.yaml")) == sorted(
         p.name for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+
+
+def test_a_checkout_uses_its_own_conf():
+    """The checkout's conf/ (ROOT/conf), even when an editable install of another checkout maps optsample.conf
+    elsewhere (the shared venv of this project's worktrees did: every worktree ran /work/main/conf)."""
+    probe = "import optsample.run as r; print(r.config_path())"
+    out = subprocess.run([sys.executable, "-c", probe], check=True, cwd=ROOT, capture_output=True, text=True).stdout
+    assert Path(out.strip()) == ROOT / "conf"
