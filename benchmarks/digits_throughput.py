@@ -23,10 +23,10 @@ import time
 import torch
 
 from optsample import metrics
-from optsample.digits import GuidedDenoiser, data, load_denoiser
+from optsample.zoo.digits import GuidedDenoiser, data, load_denoiser
 from optsample.models import DenoiserAsDiscreteEps
 from optsample.samplers import initial_noise, sample
-from optsample.zoo.digits import digits_metric_args
+from optsample.zoo.digits.runner import digits_metric_args
 
 SD_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 
@@ -98,7 +98,7 @@ def fid_floor() -> None:
 
 def study_cost() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "optsample.study", "--tiny", "--runs-dir", f"{tmp}/runs", "--out", f"{tmp}/out",
+        cmd = [sys.executable, "-m", "optsample.runner.study", "--tiny", "--runs-dir", f"{tmp}/runs", "--out", f"{tmp}/out",
                "--logger", "none"]
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, capture_output=True)

@@ -24,7 +24,7 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
 import optsample
-from optsample.models.diffusers_adapters import StableDiffusionDenoiser, tiny_stable_diffusion
+from optsample.integrations.diffusers.adapters import StableDiffusionDenoiser, tiny_stable_diffusion
 
 PROMPTS = ["a photo of a red cat", "a blue dog on the grass"]
 BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")  # SD 1.x

@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-from optsample import config as C
+from optsample.runner import config as C
 from optsample import metrics
-from optsample import run as R
-from optsample import train as T
-from optsample.digits import GuidedDenoiser, checkpoints, data, load_classifier, load_denoiser, training
+from optsample.runner import app as R
+from optsample.zoo.digits import train as T
+from optsample.zoo.digits import GuidedDenoiser, checkpoints, data, load_classifier, load_denoiser, training
 from optsample.models import EmpiricalDenoiser
 
 

@@ -21,7 +21,7 @@ def test_wheel_ships_conf_and_the_runner_finds_it(tmp_path):
     wheel = next(wheel_dir.glob("optsample-*.whl"))
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
                    check=True, cwd=tmp_path)
-    probe = "import optsample.run as r, optsample; print(r.config_path()); print(optsample.__file__)"
+    probe = "import optsample.runner.app as r, optsample; print(r.config_path()); print(optsample.__file__)"
     out = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(site)!r}); {probe}"],
                          check=True, cwd=tmp_path, capture_output=True, text=True).stdout.split()
     conf_dir, package_file = Path(out[0]), Path(out[1])
@@ -34,6 +34,6 @@ def test_wheel_ships_conf_and_the_runner_finds_it(tmp_path):
 def test_a_checkout_uses_its_own_conf():
     """The checkout's conf/ (ROOT/conf), even when an editable install of another checkout maps optsample.conf
     elsewhere (the shared venv of this project's worktrees did: every worktree ran /work/main/conf)."""
-    probe = "import optsample.run as r; print(r.config_path())"
+    probe = "import optsample.runner.app as r; print(r.config_path())"
     out = subprocess.run([sys.executable, "-c", probe], check=True, cwd=ROOT, capture_output=True, text=True).stdout
     assert Path(out.strip()) == ROOT / "conf"

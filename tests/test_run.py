@@ -1,6 +1,6 @@
 """The Hydra runner: multirun rows, resume after kill -9, validation before work, launchers, Optuna.
 
-Metrics (optsample.metrics) and loggers (optsample.loggers) belong to another module; here they are
+Metrics (optsample.metrics) and loggers (optsample.runner.loggers) belong to another module; here they are
 replaced by stubs with the fixed interface, so these tests exercise only the runner.
 """
 
@@ -18,9 +18,10 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 import optsample
-from optsample import config as C
-from optsample import devices, results
-from optsample import run as R
+import optsample.runner
+from optsample.runner import config as C
+from optsample.runner import devices, results
+from optsample.runner import app as R
 
 BASE = ["logger=none", "metric=none", "n_samples=8", "progress=false"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
@@ -54,14 +55,14 @@ def in_tmp(tmp_path, monkeypatch):
     metrics.MetricContext = lambda **kw: types.SimpleNamespace(**kw)
     metrics.compute = stub_compute
     metrics.available = lambda: list(C.METRIC_PRESETS["analytic"])
-    loggers = types.ModuleType("optsample.loggers")
+    loggers = types.ModuleType("optsample.runner.loggers")
     loggers.make_logger = StubLogger
     loggers.log_sweep_table = lambda cfg, rows, **kw: StubLogger.calls.append(("sweep_table", len(rows), kw))
     monkeypatch.setitem(sys.modules, "optsample.metrics", metrics)
-    monkeypatch.setitem(sys.modules, "optsample.loggers", loggers)
+    monkeypatch.setitem(sys.modules, "optsample.runner.loggers", loggers)
     # `from . import metrics` reads the package attribute first: replace it too
     monkeypatch.setattr(optsample, "metrics", metrics, raising=False)
-    monkeypatch.setattr(optsample, "loggers", loggers, raising=False)
+    monkeypatch.setattr(optsample.runner, "loggers", loggers, raising=False)
     StubLogger.calls, StubLogger.fail = [], False
     return tmp_path
 
@@ -237,7 +238,7 @@ def test_optuna_sweep_3_trials(in_tmp):
     assert best["best_value"] == min(r["metric.rmse"] for r in found)
 
 
-SWEEP = [sys.executable, "-m", "optsample.run", "-m", *BASE]
+SWEEP = [sys.executable, "-m", "optsample.runner.app", "-m", *BASE]
 
 
 def test_joblib_and_submitit_local_launchers(in_tmp):

@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .wrappers import DiscreteVPDenoiser
+from ...models.wrappers import DiscreteVPDenoiser
 
 LATENT_SCALE_DEFAULT = 0.18215  # SD 1.x vae.config.scaling_factor (Rombach et al. 2022, sec. 4.3 / app. G)
 

@@ -62,7 +62,7 @@ def metric_column(frame: pd.DataFrame, metric: str) -> str:
 
 def metric_direction(metric: str) -> bool:
     """True if higher is better, from the metric registry (unknown metrics: lower is better)."""
-    from . import metrics
+    from .. import metrics
 
     name = metric.removeprefix("metric.")
     return metrics.info(name).higher_is_better if name in metrics.available() else False

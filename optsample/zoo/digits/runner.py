@@ -19,8 +19,8 @@ from typing import Optional
 import torch
 
 from .. import digits as _digits  # noqa: F401  (registers feature net "digits" and metric "accuracy")
-from ..config import BuiltModel, ModelConfig, register_model
-from ..models.wrappers import sigma_batch
+from ...runner.config import BuiltModel, ModelConfig, register_model
+from ...models.wrappers import sigma_batch
 
 SAMPLE_SHAPE = (1, 8, 8)
 
@@ -29,7 +29,7 @@ SAMPLE_SHAPE = (1, 8, 8)
 class DigitsConfig(ModelConfig):
     name: str = "digits"
     guidance: float = 1.5  # classifier-free guidance scale (Ho & Salimans 2022): 1 = conditional model
-    checkpoint: Optional[str] = None  # None: the shipped weights (optsample/assets/digits_edm.safetensors)
+    checkpoint: Optional[str] = None  # None: the shipped weights (optsample/zoo/digits/assets/digits_edm.safetensors)
 
 
 @dataclass
@@ -67,7 +67,7 @@ class ClassConditionalEmpirical:
     """The exact denoiser of each class's data: sample b uses the data of class ``class_labels[b]`` alone."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor):
-        from ..models import EmpiricalDenoiser
+        from ...models import EmpiricalDenoiser
 
         self.data = images
         self.per_class = {int(c): EmpiricalDenoiser(images[labels == c]) for c in labels.unique()}
@@ -88,7 +88,7 @@ class ClassConditionalEmpirical:
 
 def build_digits_empirical(cfg: dict) -> BuiltModel:
     from ..digits import data
-    from ..models import EmpiricalDenoiser
+    from ...models import EmpiricalDenoiser
 
     images, labels = data.load(cfg["split"])
     if cfg["class_conditional"]:

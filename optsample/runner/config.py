@@ -65,7 +65,7 @@ def _class_name(group: str, name: str) -> str:
 
 def sampler_config(name: str) -> type:
     """Plain dataclass ``name`` + the hyper-parameters of sampler ``name`` with their defaults."""
-    from . import samplers
+    from .. import samplers
 
     params = samplers.get(name).params
     hints = typing.get_type_hints(params, include_extras=True)
@@ -88,7 +88,7 @@ SCHEDULE_SKIP = ("n", "device")  # given by the runner
 
 def schedule_parameters(name: str) -> list[inspect.Parameter]:
     """The user-settable parameters of schedule ``name`` (``n``/``device`` excluded)."""
-    from . import schedules
+    from .. import schedules
 
     fn = getattr(schedules, name)
     return [p for p in inspect.signature(fn).parameters.values() if p.name not in SCHEDULE_SKIP]
@@ -97,7 +97,7 @@ def schedule_parameters(name: str) -> list[inspect.Parameter]:
 def schedule_config(name: str) -> type:
     """Plain dataclass ``name`` + schedule ``name``'s parameters; those without a default and a
     scalar/list type are required (``???``); non-config arguments (tensors) come from the model."""
-    from . import schedules
+    from .. import schedules
 
     hints = typing.get_type_hints(getattr(schedules, name))
     fields = [("name", str, field(default=name))]
@@ -171,7 +171,7 @@ def register_model(config: ModelConfig, build: Callable[[dict], BuiltModel]) -> 
 
 def build_gmm(cfg: dict) -> BuiltModel:
     """``GaussianMixture.random(dim, components, seed, spread)`` (optsample/models/gmm.py)."""
-    from .models import GaussianMixture
+    from ..models import GaussianMixture
 
     gmm = GaussianMixture.random(dim=cfg["dim"], components=cfg["components"], seed=cfg["seed"], spread=cfg["spread"])
     return BuiltModel(gmm, (cfg["dim"],))
@@ -255,7 +255,7 @@ def register_configs() -> None:
     """Store every structured config in Hydra's ConfigStore (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
-    from . import samplers, schedules
+    from .. import samplers, schedules
 
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
@@ -271,5 +271,6 @@ def register_configs() -> None:
         cs.store(group="logger", name=name, node=node(name=name) if node is LoggerConfig else node)
 
 
-# Model families beyond the analytic ones register themselves here (optsample/zoo/).
-from . import zoo as _zoo  # noqa: E402,F401
+# Model families beyond the analytic ones register themselves here (optsample/zoo/, optsample/integrations/).
+from ..integrations.diffusers import runner as _diffusers_runner  # noqa: E402,F401
+from ..zoo.digits import runner as _digits_runner  # noqa: E402,F401

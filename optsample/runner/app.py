@@ -62,7 +62,7 @@ def _require(ok: bool, message: str) -> None:
 
 def _resolve_steps(cfg: dict, hparams: dict) -> int | None:
     """steps, or the largest step count within the NFE budget ``nfe`` (core.steps_for_nfe)."""
-    from .samplers import steps_for_nfe
+    from ..samplers import steps_for_nfe
 
     if cfg["nfe"] is not None:
         _require(cfg["nfe"] >= 1, f"nfe must be >= 1, got {cfg['nfe']}")
@@ -85,7 +85,7 @@ def hashed_config(cfg: dict) -> dict:
 
 def plan_run(cfg: dict, *, job_num: int = 0) -> RunPlan:
     """Check every key of a resolved config and derive the run's plan; raises ConfigError naming the key."""
-    from . import samplers
+    from .. import samplers
 
     try:
         spec = samplers.get(cfg["sampler"]["name"])
@@ -113,14 +113,14 @@ def plan_run(cfg: dict, *, job_num: int = 0) -> RunPlan:
 def _check_metric_names(names: list[str]) -> None:
     if not names:
         return
-    from . import metrics
+    from .. import metrics
 
     unknown = sorted(set(names) - set(metrics.available()))
     _require(not unknown, f"metric.names: unknown metric(s) {unknown}; available: {metrics.available()}")
 
 
 def _make_sigmas(cfg: dict, steps: int | None, schedule_args: dict) -> torch.Tensor:
-    from . import schedules
+    from .. import schedules
 
     try:
         return schedules.get(cfg["schedule"]["name"], steps, **C.schedule_params(cfg["schedule"]), **schedule_args)
@@ -205,7 +205,7 @@ def generate(plan: RunPlan, built: C.BuiltModel, sigmas: torch.Tensor, device: t
     kept (x at each step's start, then the output) for the logger's trajectory plot."""
     from tqdm.auto import tqdm
 
-    from .samplers import initial_noise, sample
+    from ..samplers import initial_noise, sample
 
     cfg = plan.cfg
     denoiser = built.denoiser if plan.dtype == torch.float32 else InDtype(built.denoiser, plan.dtype)
@@ -238,7 +238,7 @@ def score(plan: RunPlan, built: C.BuiltModel, samples, x_start, sigmas, device) 
     names = list(plan.cfg["metric"]["names"])
     if not names:
         return {}
-    from . import metrics
+    from .. import metrics
 
     conditioning = batch_conditioning(built, range(plan.cfg["n_samples"]), device)
     labels = conditioning.get("class_labels", conditioning.get("labels"))
@@ -399,7 +399,7 @@ def config_path() -> str:
     install of another checkout maps ``optsample.conf`` to *its* conf/, which must not win."""
     import importlib.util
 
-    checkout = Path(__file__).resolve().parent.parent
+    checkout = Path(__file__).resolve().parents[2]
     candidates = [str(checkout / "conf")] if (checkout / "pyproject.toml").exists() else []
     try:
         spec = importlib.util.find_spec("optsample.conf")
@@ -422,6 +422,6 @@ def main() -> None:
 if __name__ == "__main__":
     # Run through the importable module, not __main__: joblib / submitit workers unpickle the task
     # function by its module name.
-    from optsample.run import main as _main
+    from optsample.runner.app import main as _main
 
     _main()
