@@ -1,4 +1,4 @@
-"""Structured configs for the Hydra runner, generated from the registries; plus the small model registry.
+"""Structured configs for the Hydra runner, generated from the registries.
 
 Hydra config groups (``optsample-run <group>=<option> <group>.<key>=<value>``):
 
@@ -9,7 +9,7 @@ Hydra config groups (``optsample-run <group>=<option> <group>.<key>=<value>``):
 - ``schedule``: one option per ``optsample.schedules.available()``, fields generated from the schedule
   function's signature (``n`` comes from ``steps`` / ``nfe``; model-provided arguments such as
   ``alphas_cumprod`` are left out).
-- ``model``: :data:`MODELS` below; adding a model is one :func:`register_model` line.
+- ``model``: :data:`optsample.models.registry.MODELS`; adding a model is one ``register_model`` line.
 - ``metric``, ``logger``: presets (dataclasses here); ``experiment``: YAML presets in ``conf/experiment``.
 
 Every node is a dataclass, so OmegaConf runs in struct mode: a misspelled key fails at composition with
@@ -23,9 +23,12 @@ import dataclasses
 import inspect
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional
+from typing import Any, List, Optional
 
 from omegaconf import MISSING
+
+# The model registry lives below the runner (optsample/models/registry.py); its names are re-exported here.
+from ..models.registry import MODELS, BuiltModel, GMMConfig, ModelConfig, ModelEntry, build_gmm, register_model  # noqa: F401
 
 SCALARS = (int, float, bool, str)
 MODEL_DTYPES = ("float32", "float16", "bfloat16", "float64")
@@ -114,71 +117,6 @@ def schedule_config(name: str) -> type:
 
 def schedule_params(schedule_cfg: dict) -> dict:
     return {k: v for k, v in schedule_cfg.items() if k != "name"}
-
-
-# ----------------------------------------------------------------------------------------------
-# Models: a small registry. A builder takes the model node (a dict) and returns a BuiltModel.
-
-
-@dataclass
-class BuiltModel:
-    """What the runner needs from a model: the denoiser, the shape of one sample, and model-provided
-    arguments for the schedule (e.g. ``alphas_cumprod`` for ``schedule=discrete``)."""
-
-    denoiser: Callable
-    sample_shape: tuple
-    schedule_args: dict = field(default_factory=dict)
-    extra_args: dict = field(default_factory=dict)
-    # Per-sample conditioning: sample indices -> extra model arguments for that batch, e.g.
-    # {"class_labels": tensor} or {"prompts": [...]}; sample k's conditioning depends on k alone.
-    # The keys "class_labels" / "labels" and "prompts" are also handed to the metrics.
-    conditioning: Callable[[list], dict] | None = None
-    # Extra fields for optsample.metrics.MetricContext (reference data, feature net, ...).
-    metric_args: dict = field(default_factory=dict)
-    # Samples -> images in [-1, 1] for the metrics and the logger (e.g. a VAE decoder for latent models).
-    decode: Callable[[Any], Any] | None = None
-
-
-@dataclass
-class ModelConfig:
-    name: str = MISSING
-    dtype: str = "float32"  # the model's compute dtype; the sampler state stays float32
-
-
-@dataclass
-class GMMConfig(ModelConfig):
-    dim: int = 2
-    components: int = 8
-    seed: int = 0
-    spread: float = 3.0
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    config: Any  # a ModelConfig instance: the option's defaults
-    build: Callable[[dict], BuiltModel]
-
-
-MODELS: dict[str, ModelEntry] = {}
-
-
-def register_model(config: ModelConfig, build: Callable[[dict], BuiltModel]) -> None:
-    """Add option ``model=<config.name>``: ``register_model(GMMConfig(name="gmm8d", dim=8), build_gmm)``."""
-    if config.name in MODELS:
-        raise ValueError(f"model {config.name!r} is already registered")
-    MODELS[config.name] = ModelEntry(config, build)
-
-
-def build_gmm(cfg: dict) -> BuiltModel:
-    """``GaussianMixture.random(dim, components, seed, spread)`` (optsample/models/gmm.py)."""
-    from ..models import GaussianMixture
-
-    gmm = GaussianMixture.random(dim=cfg["dim"], components=cfg["components"], seed=cfg["seed"], spread=cfg["spread"])
-    return BuiltModel(gmm, (cfg["dim"],))
-
-
-register_model(GMMConfig(name="gmm2d", dim=2, components=8), build_gmm)
-register_model(GMMConfig(name="gmm64", dim=64, components=8), build_gmm)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -271,6 +209,8 @@ def register_configs() -> None:
         cs.store(group="logger", name=name, node=node(name=name) if node is LoggerConfig else node)
 
 
-# Model families beyond the analytic ones register themselves here (optsample/zoo/, optsample/integrations/).
-from ..integrations.diffusers import runner as _diffusers_runner  # noqa: E402,F401
-from ..zoo.digits import runner as _digits_runner  # noqa: E402,F401
+# Model families beyond the analytic ones (optsample/zoo/, optsample/integrations/, users' packages) come in
+# as plugins: the entry-point group optsample.plugins (optsample/runner/plugins.py).
+from .plugins import load_installed as _load_installed  # noqa: E402
+
+_load_installed()

@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 from omegaconf import MISSING
 
-from ...runner.config import BuiltModel, ModelConfig, register_model
+from ...models.registry import BuiltModel, ModelConfig, register_model
 from ...metrics.registry import DEFAULT_CLIP_MODEL
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")

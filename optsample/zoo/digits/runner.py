@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 
 from .. import digits as _digits  # noqa: F401  (registers feature net "digits" and metric "accuracy")
-from ...runner.config import BuiltModel, ModelConfig, register_model
+from ...models.registry import BuiltModel, ModelConfig, register_model
 from ...models.wrappers import sigma_batch
 
 SAMPLE_SHAPE = (1, 8, 8)
