@@ -22,12 +22,12 @@ from transformers import CLIPConfig, CLIPModel
 
 import optsample
 from optsample.integrations.diffusers.adapters import (
-    TINY_TEXT_CONFIG, StableDiffusionDenoiser, img2img_sigmas, load_stable_diffusion, load_unet_denoiser,
-    tiny_stable_diffusion, unet_denoiser,
+    StableDiffusionDenoiser, img2img_sigmas, load_stable_diffusion, load_unet_denoiser, unet_denoiser,
 )
 from optsample.integrations.diffusers.prompts import coco_captions, load_prompts, prompt_conditioning
 
 from helpers import SCHEDULER_KWARGS
+from tiny_pipeline import TINY_TEXT_CONFIG, tiny_stable_diffusion
 
 TOL = 1e-4  # max abs diff, float32
 N_STEPS = 5
