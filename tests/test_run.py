@@ -268,3 +268,24 @@ def test_sweep_killed_with_sigkill_resumes_to_the_full_set(in_tmp):
         (s, n) for s in ("euler", "heun", "dpmpp_2m") for n in (8, 16))
     assert at_kill <= {r["config_hash"] for r in final}
     assert (done.stdout + done.stderr).count("skip ") == len(at_kill)  # finished runs were not redone
+
+
+PLUGIN_DIR = Path(__file__).resolve().parent / "plugin_fixture"
+
+
+def test_a_plugin_sampler_runs_in_a_joblib_sweep_of_2_parallel_jobs(in_tmp):
+    """tests/plugin_fixture/my_sampler.py registers "damped_euler" outside optsample; plugins=[my_sampler] makes it
+    an option of sampler= and imports it in both joblib workers (loky processes), which write 2 rows."""
+    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(PLUGIN_DIR), ENV.get("PYTHONPATH", "")])}
+    done = subprocess.run([*SWEEP, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "name=plugin", "plugins=[my_sampler]",
+                           "sampler=damped_euler", "sampler.damping=0.1,0.6", "steps=3"], env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = rows("plugin")
+    assert sorted((r["sampler.name"], r["sampler.damping"]) for r in found) == [("damped_euler", 0.1), ("damped_euler", 0.6)]
+    assert len({r["config_hash"] for r in found}) == 2
+
+
+def test_a_plugin_that_cannot_be_imported_fails_naming_it(in_tmp):
+    with pytest.raises(R.ConfigError, match="plugins: cannot import plugin 'no_such_module'"):
+        R.plan_run({**plan_for().cfg, "plugins": ["no_such_module"]})

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from . import config as C
-from . import results
+from . import plugins, results
 from .devices import InDtype, model_dtype, resolve_device
 
 log = logging.getLogger("optsample.run")
@@ -87,6 +87,10 @@ def plan_run(cfg: dict, *, job_num: int = 0) -> RunPlan:
     """Check every key of a resolved config and derive the run's plan; raises ConfigError naming the key."""
     from .. import samplers
 
+    try:  # first: in a launcher's worker process this is where the user's modules get imported
+        plugins.load(cfg.get("plugins") or [])
+    except plugins.PluginError as err:
+        raise ConfigError(str(err)) from None
     try:
         spec = samplers.get(cfg["sampler"]["name"])
         hparams = C.sampler_hparams(cfg["sampler"])
@@ -413,8 +417,14 @@ def config_path() -> str:
 
 
 def main() -> None:
+    import sys
+
     import hydra
 
+    try:  # before composing: a plugin's samplers / models are options of sampler= / model=
+        plugins.load(plugins.from_overrides(sys.argv[1:]))
+    except plugins.PluginError as err:
+        raise SystemExit(f"error: {err}") from None
     C.register_configs()
     hydra.main(config_path=config_path(), config_name="config", version_base="1.3")(task)()
 

@@ -182,11 +182,14 @@ class RunConfig:
     objective: Optional[str] = None  # row key returned to the sweeper, e.g. metric.rmse
     progress: bool = True
     log_trajectory: bool = False  # hand the first samples' iterates to the logger (2-D plot)
+    # Modules imported in every job before anything else (optsample/runner/plugins.py): users' samplers,
+    # rules, schedules, models, metrics. Like optsample's own code, not part of the config hash.
+    plugins: List[str] = field(default_factory=list)
 
 
 # Keys that do not change a run's outcome: left out of the config hash so that re-running a sweep
 # with another results dir, logger or progress bar still finds its rows.
-UNHASHED_KEYS = ("results_dir", "force", "logger", "progress", "objective", "log_trajectory")
+UNHASHED_KEYS = ("results_dir", "force", "logger", "progress", "objective", "log_trajectory", "plugins")
 
 
 def register_configs() -> None:
