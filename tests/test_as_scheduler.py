@@ -1,4 +1,4 @@
-"""optsample samplers inside diffusers pipelines (optsample.diffusers_scheduler).
+"""optsample samplers inside diffusers pipelines (optsample.integrations.diffusers.scheduler).
 
 Every pipeline result is compared with optsample's own loop (``optsample.samplers.sample``) on the same
 network, wrapped by ``DiscreteVPDenoiser``: the scheduler must reproduce it, evaluation for evaluation.

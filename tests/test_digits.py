@@ -1,5 +1,5 @@
 """The embedded default: shipped weights, FID-digits, the accuracy metric, guidance, the runner's
-model=digits / digits_empirical options, and a short training run (optsample/digits/, optsample/train.py)."""
+model=digits / digits_empirical options, and a short training run (optsample/zoo/digits/, its train.py)."""
 
 import json
 

@@ -15,7 +15,7 @@ re-run skips finished rows, so the driver resumes after a crash):
    Best parameters -> ``<out>/best_params.json``.
 2. Report: the best and the default configuration of every (model, sampler, NFE) on the reporting seeds
    2, 3, 4 (``experiment=ovs_<model>``, basic sweeper), which the tuning never saw.
-3. Tables and plots (:mod:`optsample.report`: rows = sampler, cols = nfe_budget, mean ± std over the reporting
+3. Tables and plots (:mod:`optsample.runner.report`: rows = sampler, cols = nfe_budget, mean ± std over the reporting
    seeds, best bolded) for tuned and default configurations, and ``comparison.md``: every sampler against
    euler, dpmpp_2m and unipc (tuned), per NFE, with paired per-seed wins (same starting noise per seed).
 """
@@ -169,7 +169,7 @@ def load_search_spaces(path: Path = HERE / "search_spaces.yaml") -> dict[str, di
 
 def default_values(sampler: str, keys) -> dict:
     """The default of every ``sampler.<x>`` / ``schedule.<x>`` key: the registered sampler's hyper-parameter
-    dataclass and the karras schedule's signature (optsample/config.py generates both nodes from them)."""
+    dataclass and the karras schedule's signature (optsample/runner/config.py generates both nodes from them)."""
     from optsample.runner import config as C
 
     nodes = {"sampler": dataclasses.asdict(C.sampler_config(sampler)()),

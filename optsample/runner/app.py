@@ -1,4 +1,4 @@
-"""``optsample-run`` (also ``python -m optsample.run``): the Hydra experiment runner.
+"""``optsample-run`` (also ``python -m optsample.runner.app`` or ``python -m optsample.run``): the Hydra experiment runner.
 
 One run = validate the whole config (before any work), build the model and schedule, generate
 ``n_samples`` in batches with per-sample seeds, score, log, and write one result row keyed by the
@@ -260,7 +260,7 @@ def _warn(what: str, err: Exception) -> None:
 
 
 def log_run(plan: RunPlan, metric_values: dict, samples, trajectory, run_dir: str, log_density=None) -> None:
-    """Hand the run to the configured logger (optsample.loggers); a failing logger only warns.
+    """Hand the run to the configured logger (optsample.runner.loggers); a failing logger only warns.
     ``log_density`` (the clean log-density of an analytic model) draws contours under the trajectories."""
     logger_cfg = plan.cfg["logger"]
     if logger_cfg["name"] == "none":

@@ -5,7 +5,7 @@ Hydra config groups (``optsample-run <group>=<option> <group>.<key>=<value>``):
 - ``sampler``: one option per registered sampler (``optsample.samplers.available()``). Its fields are
   ``name`` plus the sampler's hyper-parameters, generated from ``get(name).params`` with the
   ``Annotated[...]`` bounds stripped to the plain type (OmegaConf does not understand ``Annotated``);
-  the bounds are checked by ``get(name).make_params(**hp)`` before any work (:func:`optsample.run.plan_run`).
+  the bounds are checked by ``get(name).make_params(**hp)`` before any work (:func:`optsample.runner.app.plan_run`).
 - ``schedule``: one option per ``optsample.schedules.available()``, fields generated from the schedule
   function's signature (``n`` comes from ``steps`` / ``nfe``; model-provided arguments such as
   ``alphas_cumprod`` are left out).

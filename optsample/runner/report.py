@@ -36,7 +36,7 @@ class Pivot:
 
 
 def load_rows(source: str | Path) -> pd.DataFrame:
-    """Rows from a results directory (:func:`optsample.results.read_rows`) or a .csv / .json / .jsonl file."""
+    """Rows from a results directory (:func:`optsample.runner.results.read_rows`) or a .csv / .json / .jsonl file."""
     path = Path(source)
     if not path.exists():
         raise ValueError(f"{source}: no such results directory or file")

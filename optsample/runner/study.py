@@ -4,11 +4,11 @@ digits model (FID-digits, KID, class accuracy) and on the 64-D Gaussian mixture 
     optsample-study                 # the default study: runs/default_study -> results/default_study (~10 min, 2 CPUs)
     optsample-study --tiny          # a ~30 s end-to-end check (CI): 3 samplers x NFE {4, 6}, few samples
 
-Every run goes through the runner (:func:`optsample.run.execute` on configs composed by Hydra from
+Every run goes through the runner (:func:`optsample.runner.app.execute` on configs composed by Hydra from
 ``conf/``, experiment preset ``default_study``), so each finished run is one row in ``runs/<name>`` and a
 re-run skips it (resumable). Afterwards: one offline W&B run with the table of all rows
-(:func:`optsample.loggers.log_sweep_table`); tables and metric-vs-NFE plots per model and metric
-(:mod:`optsample.report`); a sample grid per sampler (rows: NFE, columns: classes 0-9) and one of all
+(:func:`optsample.runner.loggers.log_sweep_table`); tables and metric-vs-NFE plots per model and metric
+(:mod:`optsample.runner.report`); a sample grid per sampler (rows: NFE, columns: classes 0-9) and one of all
 samplers at NFE 10, under ``results/<name>/``. The sampler and NFE lists are read from
 ``conf/experiment/default_study.yaml``.
 """
@@ -92,7 +92,7 @@ def run_grid(parts: list[Part], samplers: list[str], nfes: list[int], common: li
 
 
 def write_tables(rows: list[dict], parts: list[Part], out: Path) -> list[Path]:
-    """Per model and metric: <out>/<model>/<metric>_by_nfe.{md,tex,csv,png} (optsample.report)."""
+    """Per model and metric: <out>/<model>/<metric>_by_nfe.{md,tex,csv,png} (optsample.runner.report)."""
     import pandas as pd
 
     from . import report

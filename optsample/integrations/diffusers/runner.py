@@ -1,4 +1,4 @@
-"""diffusers checkpoints as runner options (optsample/models/diffusers_adapters.py does the work).
+"""diffusers checkpoints as runner options (adapters.py here does the work).
 
     optsample-run model=ddpm_cifar10 schedule=discrete sampler=ddim steps=10 metric=images model.reference=cifar10_train.npz
     optsample-run model=sd15 schedule=discrete sampler=plms steps=10 model.guidance_scale=15 metric=text2image \

@@ -1,4 +1,4 @@
-"""Runner options for the embedded default (optsample/digits/):
+"""Runner options for the embedded default (optsample/zoo/digits/):
 
 - ``model=digits``: the shipped class-conditional UNet (EDM preconditioning) with classifier-free guidance
   ``model.guidance`` (1 = conditional, 0 = unconditional; default 2); sample k is conditioned on class
@@ -45,7 +45,7 @@ def cycle_labels(indices: list) -> dict:
 
 
 def digits_metric_args() -> dict:
-    """FID / KID against the held-out split under the shipped classifier's features (optsample.digits.metrics)."""
+    """FID / KID against the held-out split under the shipped classifier's features (optsample.zoo.digits.metrics)."""
     from ..digits import checkpoints, data
 
     digest = checkpoints.file_digest(checkpoints.asset(checkpoints.CLASSIFIER_FILE))[:12]

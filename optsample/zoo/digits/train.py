@@ -8,7 +8,7 @@ weights), ``digits_classifier.safetensors``, ``digits.json`` (provenance), ``los
 (the loss curve), ``checkpoints/step_<k>.safetensors`` every ``checkpoint_every`` steps and
 ``samples.png``; with ``logger=wandb`` the curve and the final numbers also go to a W&B run (offline).
 ``install=true`` copies the three files into ``optsample/zoo/digits/assets/``. The loss and the recipe are in
-:mod:`optsample.digits.training`.
+:mod:`optsample.zoo.digits.training`.
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def train(cfg: TrainConfig, out: Path) -> dict:
 
 
 def log_to_logger(cfg: TrainConfig, record: dict, history, images: torch.Tensor, out: Path) -> None:
-    """With ``logger=wandb``: the loss curve (a table) and final numbers in an offline W&B run (optsample.loggers)."""
+    """With ``logger=wandb``: the loss curve (a table) and final numbers in an offline W&B run (optsample.runner.loggers)."""
     if cfg.logger != "wandb":
         return
     from ...runner import loggers, results
