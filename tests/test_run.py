@@ -284,6 +284,7 @@ def test_a_plugin_sampler_runs_in_a_joblib_sweep_of_2_parallel_jobs(in_tmp):
     found = rows("plugin")
     assert sorted((r["sampler.name"], r["sampler.damping"]) for r in found) == [("damped_euler", 0.1), ("damped_euler", 0.6)]
     assert len({r["config_hash"] for r in found}) == 2
+    assert [r["plugins"] for r in found] == ["my_sampler"] * 2  # one text cell, so the tables can group rows
 
 
 def test_a_plugin_that_cannot_be_imported_fails_naming_it(in_tmp):

@@ -331,6 +331,7 @@ def execute(cfg: dict, *, job_num: int = 0, run_dir: str | None = None) -> dict:
 def make_row(plan: RunPlan, metric_values: dict, *, nfe: int, steps: int, device: torch.device) -> dict:
     row = results.flatten(plan.cfg)
     row["nfe_budget"] = row.pop("nfe")
+    row["plugins"] = ",".join(row.get("plugins") or [])  # one text cell: the tables group rows by hashable cells
     row.update({f"metric.{k}": float(v) for k, v in metric_values.items()})
     row.update({f"versions.{k}": v for k, v in package_versions().items()})
     row.update({
