@@ -25,7 +25,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 run: env
 	OMP_NUM_THREADS=1 $(BIN)/optsample-study
 
+# Style (ruff) and the layer contracts (import-linter, pyproject.toml) first, then the suite. PYTHONPATH makes
+# lint-imports read this checkout's package even when the venv's editable install points at another one.
 test: env
+	$(BIN)/ruff check optsample tests benchmarks experiments
+	PYTHONPATH=$(CURDIR) $(BIN)/lint-imports --no-cache
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline OMP_NUM_THREADS=2 $(BIN)/python -m pytest tests
 
 # The tuned study: every sampler and its Karras schedule tuned with Optuna on seed 1, reported on

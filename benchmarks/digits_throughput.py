@@ -23,7 +23,7 @@ import time
 import torch
 
 from optsample import metrics
-from optsample.digits import GuidedDenoiser, data, load_denoiser
+from optsample.zoo.digits import GuidedDenoiser, data, load_denoiser
 from optsample.models import DenoiserAsDiscreteEps
 from optsample.samplers import initial_noise, sample
 from optsample.zoo.digits import digits_metric_args
@@ -98,7 +98,7 @@ def fid_floor() -> None:
 
 def study_cost() -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "optsample.study", "--tiny", "--runs-dir", f"{tmp}/runs", "--out", f"{tmp}/out",
+        cmd = [sys.executable, "-m", "optsample.runner.study", "--tiny", "--runs-dir", f"{tmp}/runs", "--out", f"{tmp}/out",
                "--logger", "none"]
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, capture_output=True)

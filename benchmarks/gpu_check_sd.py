@@ -4,7 +4,7 @@
     PYTHONPATH=. python benchmarks/gpu_check_sd.py --device cpu --dtype float32   # dry run
 
 Needs torch, transformers, diffusers and optsample only (no hydra, no wandb). The random pipeline of
-``optsample.models.diffusers_adapters.tiny_stable_diffusion`` (latents 4x8x8) runs in ``--dtype`` with CFG
+``tests/tiny_pipeline.py``'s ``tiny_stable_diffusion`` (latents 4x8x8) runs in ``--dtype`` with CFG
 7.5 and DPM-Solver++ 2M; optsample's ``dpmpp_2m`` through ``StableDiffusionDenoiser`` (state float32, network
 in ``--dtype``) against ``StableDiffusionPipeline`` (output_type="latent", latents in ``--dtype``), same
 start noise. Prints max |ours - diffusers| relative to the output scale, each side's distance from a
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,7 +25,10 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
 import optsample
-from optsample.models.diffusers_adapters import StableDiffusionDenoiser, tiny_stable_diffusion
+from optsample.integrations.diffusers.adapters import StableDiffusionDenoiser
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test fixture
+from tiny_pipeline import tiny_stable_diffusion  # noqa: E402
 
 PROMPTS = ["a photo of a red cat", "a blue dog on the grass"]
 BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")  # SD 1.x

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from optsample import results
+from optsample.runner import results
 
 TARGET_S = {"none": 0.5, "csv": 0.5, "wandb": 2.0}
 
@@ -28,7 +28,7 @@ def sweep_wall(n_runs: int, logger: str, workdir: Path) -> tuple[float, list[dic
     """Wall-clock seconds of one ``-m`` sweep of n_runs distinct tiny runs, and its rows."""
     name = f"{logger}_{n_runs}"
     cmd = [
-        sys.executable, "-m", "optsample.run", "-m", f"logger={logger}", "metric=none", "n_samples=1", "steps=1",
+        sys.executable, "-m", "optsample.runner.app", "-m", f"logger={logger}", "metric=none", "n_samples=1", "steps=1",
         "progress=false", f"name={name}", "seed=" + ",".join(str(s) for s in range(n_runs)),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
@@ -38,7 +38,7 @@ def sweep_wall(n_runs: int, logger: str, workdir: Path) -> tuple[float, list[dic
     if done.returncode != 0:
         raise SystemExit(f"sweep failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     if "failed (" in done.stdout + done.stderr:
-        print(f"  note: logger={logger} warned (see optsample.loggers); overhead measured anyway", file=sys.stderr)
+        print(f"  note: logger={logger} warned (see optsample.runner.loggers); overhead measured anyway", file=sys.stderr)
     rows = results.read_rows(workdir / "runs" / name)
     if len(rows) != n_runs:
         raise SystemExit(f"expected {n_runs} rows, found {len(rows)}")

@@ -4,7 +4,8 @@
 classic samplers and optimizer-inspired update rules run side by side on the same models.
 """
 
+from .integrations.kdiffusion import as_k_diffusion
 from .samplers import available, get, initial_noise, sample
 
 __version__ = "0.1.0"
-__all__ = ["available", "get", "initial_noise", "sample", "__version__"]
+__all__ = ["as_k_diffusion", "available", "get", "initial_noise", "sample", "__version__"]

@@ -1,4 +1,4 @@
-"""optsample samplers inside diffusers pipelines (optsample.diffusers_scheduler).
+"""optsample samplers inside diffusers pipelines (optsample.integrations.diffusers.scheduler).
 
 Every pipeline result is compared with optsample's own loop (``optsample.samplers.sample``) on the same
 network, wrapped by ``DiscreteVPDenoiser``: the scheduler must reproduce it, evaluation for evaluation.
@@ -27,7 +27,7 @@ from helpers import SCHEDULER_KWARGS, run_diffusers, vp_models
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from optsample import schedules
-from optsample.diffusers_scheduler import OptSampleScheduler, as_scheduler
+from optsample.integrations.diffusers.scheduler import OptSampleScheduler, as_scheduler
 from optsample.models import DiscreteVPDenoiser
 from optsample.samplers import NonFiniteError, UnknownSamplerError, available, initial_noise, register, registry, sample
 
@@ -383,7 +383,7 @@ def test_latents_copied_after_release_are_refused():
 
 def test_step_noise_seeds_follow_optsample_sample():
     """One generator: seeds base + k exactly as sample(generator=...); a list: one seed per sample; else noise_seed."""
-    from optsample.diffusers_scheduler import seeds_for
+    from optsample.integrations.diffusers.scheduler import seeds_for
     from optsample.samplers.core import seeds_from_generator
 
     assert seeds_for(3, torch.Generator().manual_seed(7)) == seeds_from_generator(torch.Generator().manual_seed(7), 3)

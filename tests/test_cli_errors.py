@@ -1,7 +1,7 @@
 """optsample-run as a user meets it: a configuration mistake is one line on stderr and exit status 2; a sweep
 with no route to the W&B server waits once.
 
-Each case runs the real console entry point in a subprocess (``python -m optsample.run``), so Hydra's own
+Each case runs the real console entry point in a subprocess (``python -m optsample.runner.app``), so Hydra's own
 error printing is part of what is tested. Before this file, ``steps=0`` printed an 18-line traceback and
 exited 1, ``sampler=dpmpp2m`` listed all 30 samplers and the config search path, and ``schedule=discrete``
 on gmm2d said ``discrete() missing 1 required positional argument: 'alphas_cumprod'``.
@@ -27,7 +27,7 @@ def env(**extra) -> dict:
     return {k: v for k, v in found.items() if v is not None}
 
 
-def run_cli(tmp_path, *args, module="optsample.run", **extra):
+def run_cli(tmp_path, *args, module="optsample.runner.app", **extra):
     return subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=env(**extra),
                           capture_output=True, text=True, timeout=120)
 
@@ -52,7 +52,7 @@ def test_config_mistake_is_one_line_and_exit_2(tmp_path, override, line):
 def test_hydra_full_error_keeps_the_traceback(tmp_path):
     done = run_cli(tmp_path, *BASE, "steps=0", HYDRA_FULL_ERROR="1")
     assert done.returncode == 1 and "Traceback (most recent call last)" in done.stderr
-    assert done.stderr.strip().splitlines()[-1] == "optsample.run.ConfigError: steps must be >= 1, got 0"
+    assert done.stderr.strip().splitlines()[-1] == "optsample.runner.app.ConfigError: steps must be >= 1, got 0"
 
 
 def test_custom_schedule_needs_no_steps_null(tmp_path):
@@ -68,7 +68,7 @@ def test_run_help_lists_no_train_group_and_train_still_composes(tmp_path):
     done = run_cli(tmp_path, "--help")
     groups = done.stdout.split("== Configuration groups ==")[1].split("== Config ==")[0]
     assert done.returncode == 0 and "sampler:" in groups and "train:" not in groups
-    train = run_cli(tmp_path, "--cfg", "job", module="optsample.train")
+    train = run_cli(tmp_path, "--cfg", "job", module="optsample.zoo.digits.train")
     assert train.returncode == 0 and "iterations: 2000" in train.stdout, train.stderr[-2000:]
 
 

@@ -21,13 +21,13 @@ from diffusers import (
 from transformers import CLIPConfig, CLIPModel
 
 import optsample
-from optsample.models.diffusers_adapters import (
-    TINY_TEXT_CONFIG, StableDiffusionDenoiser, img2img_sigmas, load_stable_diffusion, load_unet_denoiser,
-    tiny_stable_diffusion, unet_denoiser,
+from optsample.integrations.diffusers.adapters import (
+    StableDiffusionDenoiser, img2img_sigmas, load_stable_diffusion, load_unet_denoiser, unet_denoiser,
 )
-from optsample.prompts import coco_captions, load_prompts, prompt_conditioning
+from optsample.integrations.diffusers.prompts import coco_captions, load_prompts, prompt_conditioning
 
 from helpers import SCHEDULER_KWARGS
+from tiny_pipeline import TINY_TEXT_CONFIG, tiny_stable_diffusion
 
 TOL = 1e-4  # max abs diff, float32
 N_STEPS = 5
@@ -232,7 +232,7 @@ def test_prompt_sets(tmp_path):
 
 def cli(*args) -> int:
     """optsample-run in this process (as tests/test_run.py); returns the exit code."""
-    from optsample import run
+    from optsample.runner import app as run
 
     old, sys.argv = sys.argv, ["optsample-run", *args]
     try:
@@ -257,7 +257,8 @@ def test_runner_scores_a_saved_pipeline(tmp_path, monkeypatch):
     """optsample-run model=sd model.path=<save_pretrained dir>: latents decoded by the VAE, then FID (avgpool4
     features, reference images from a .pt file) and CLIP score (a tiny CLIP from a directory) against the
     per-sample prompts; the row equals the same pieces composed by hand in one batch."""
-    from optsample import metrics, results, schedules
+    from optsample import metrics, schedules
+    from optsample.runner import results
     from optsample.samplers import initial_noise
 
     monkeypatch.chdir(tmp_path)

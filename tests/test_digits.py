@@ -1,16 +1,16 @@
 """The embedded default: shipped weights, FID-digits, the accuracy metric, guidance, the runner's
-model=digits / digits_empirical options, and a short training run (optsample/digits/, optsample/train.py)."""
+model=digits / digits_empirical options, and a short training run (optsample/zoo/digits/, its train.py)."""
 
 import json
 
 import pytest
 import torch
 
-from optsample import config as C
+from optsample.runner import config as C
 from optsample import metrics
-from optsample import run as R
-from optsample import train as T
-from optsample.digits import GuidedDenoiser, checkpoints, data, load_classifier, load_denoiser, training
+from optsample.runner import app as R
+from optsample.zoo.digits import train as T
+from optsample.zoo.digits import GuidedDenoiser, checkpoints, data, load_classifier, load_denoiser, training
 from optsample.models import EmpiricalDenoiser
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from matplotlib.image import imread
 
-from optsample import loggers
+from optsample.runner import loggers
 from optsample.models import GaussianMixture
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

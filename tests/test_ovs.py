@@ -14,7 +14,7 @@ import pytest
 
 from optsample import reference, schedules
 from optsample.models import GaussianMixture
-from optsample.results import read_rows
+from optsample.runner.results import read_rows
 from optsample.samplers import initial_noise, sample
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,5 +1,6 @@
 """The installed form (a wheel, not the editable checkout) still finds its Hydra configs."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -21,10 +22,15 @@ def test_wheel_ships_conf_and_the_runner_finds_it(tmp_path):
     wheel = next(wheel_dir.glob("optsample-*.whl"))
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
                    check=True, cwd=tmp_path)
-    probe = "import optsample.run as r, optsample; print(r.config_path()); print(optsample.__file__)"
+    probe = ("import optsample.runner.app as r, optsample; from optsample.runner import plugins; print(r.config_path());"
+             " print(optsample.__file__); print(','.join(sorted(plugins.entry_point_modules())));"
+             " print(','.join(sorted(r.C.MODELS)))")
     out = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(site)!r}); {probe}"],
                          check=True, cwd=tmp_path, capture_output=True, text=True).stdout.split()
     conf_dir, package_file = Path(out[0]), Path(out[1])
+    # the wheel's metadata lists the shipped families in the entry-point group the runner imports
+    assert out[2].split(",") == ["optsample.integrations.diffusers.runner", "optsample.zoo.digits.runner"]
+    assert {"digits", "digits_empirical", "sd15", "gmm64"} <= set(out[3].split(","))
     assert package_file.is_relative_to(site), package_file  # the wheel's copy, not the checkout
     assert conf_dir.is_relative_to(site) and (conf_dir / "config.yaml").exists()
     assert sorted(p.name for p in (conf_dir / "experiment").glob("*.yaml")) == sorted(
@@ -55,3 +61,29 @@ def test_dependencies_are_ranges_and_constraints_satisfy_them():
         assert version is not None, f"{requirement.name} is not pinned in constraints.txt"
         assert requirement.specifier.contains(version, prereleases=True), f"constraints.txt {requirement.name}=={version} " \
             f"is outside pyproject.toml's {requirement}"
+
+
+def test_a_checkout_uses_its_own_conf():
+    """The checkout's conf/ (ROOT/conf), even when an editable install of another checkout maps optsample.conf
+    elsewhere (the shared venv of this project's worktrees did: every worktree ran /work/main/conf)."""
+    probe = "import optsample.runner.app as r; print(r.config_path())"
+    out = subprocess.run([sys.executable, "-c", probe], check=True, cwd=ROOT, capture_output=True, text=True).stdout
+    assert Path(out.strip()) == ROOT / "conf"
+
+
+def test_an_installed_package_adds_a_sampler_through_the_entry_point_group(tmp_path):
+    """A distribution whose entry_points.txt lists a module under [optsample.plugins]: importing the runner's
+    config imports it, so its sampler is an option of sampler= (optsample/runner/plugins.py)."""
+    (tmp_path / "my_plugin.py").write_text(
+        "from optsample.samplers import register\n"
+        "@register('entry_point_euler')\n"
+        "def entry_point_euler(model, x, sigmas, *, callback, noise_sampler):\n"
+        "    return x\n")
+    info = tmp_path / "my_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[optsample.plugins]\nmine = my_plugin\n")
+    probe = "import optsample, optsample.runner.config; print('entry_point_euler' in optsample.available())"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    out = subprocess.run([sys.executable, "-c", probe], check=True, cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert out.stdout.split() == ["True"]

@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from optsample import report, results
+from optsample.runner import report, results
 
 # (sampler, nfe) -> metric values over seeds; dyadic numbers so means are exact in binary.
 RMSE = {("euler", 10): [0.5, 0.75], ("heun", 10): [0.25, 0.5], ("euler", 20): [0.25, 0.375], ("heun", 20): [0.125]}

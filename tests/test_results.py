@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from optsample import results
+from optsample.runner import results
 
 
 def row(key: str, **values) -> dict:
@@ -94,7 +94,7 @@ def test_concurrent_writers_lose_and_duplicate_nothing(tmp_path):
 
 KILLED_WRITER = textwrap.dedent("""
     import sys
-    from optsample import results
+    from optsample.runner import results
     k = 0
     while True:
         results.append_row(sys.argv[1], {"config_hash": f"row{k:06d}", "k": k, "payload": "y" * 2_000_000})

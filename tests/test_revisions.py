@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 import optsample
 from optsample import config as C
-from optsample import report, results
+from optsample.runner import report, results
 from optsample import run as R
 from optsample.samplers import registry
 

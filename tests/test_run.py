@@ -1,6 +1,6 @@
 """The Hydra runner: multirun rows, resume after kill -9, validation before work, launchers, Optuna.
 
-Metrics (optsample.metrics) and loggers (optsample.loggers) belong to another module; here they are
+Metrics (optsample.metrics) and loggers (optsample.runner.loggers) belong to another module; here they are
 replaced by stubs with the fixed interface, so these tests exercise only the runner.
 """
 
@@ -18,9 +18,10 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 import optsample
-from optsample import config as C
-from optsample import devices, results
-from optsample import run as R
+import optsample.runner
+from optsample.runner import config as C
+from optsample.runner import devices, results
+from optsample.runner import app as R
 
 BASE = ["logger=none", "metric=none", "n_samples=8", "progress=false"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"}
@@ -54,14 +55,14 @@ def in_tmp(tmp_path, monkeypatch):
     metrics.MetricContext = lambda **kw: types.SimpleNamespace(**kw)
     metrics.compute = stub_compute
     metrics.available = lambda: list(C.METRIC_PRESETS["analytic"])
-    loggers = types.ModuleType("optsample.loggers")
+    loggers = types.ModuleType("optsample.runner.loggers")
     loggers.make_logger = StubLogger
     loggers.log_sweep_table = lambda cfg, rows, **kw: StubLogger.calls.append(("sweep_table", len(rows), kw))
     monkeypatch.setitem(sys.modules, "optsample.metrics", metrics)
-    monkeypatch.setitem(sys.modules, "optsample.loggers", loggers)
+    monkeypatch.setitem(sys.modules, "optsample.runner.loggers", loggers)
     # `from . import metrics` reads the package attribute first: replace it too
     monkeypatch.setattr(optsample, "metrics", metrics, raising=False)
-    monkeypatch.setattr(optsample, "loggers", loggers, raising=False)
+    monkeypatch.setattr(optsample.runner, "loggers", loggers, raising=False)
     StubLogger.calls, StubLogger.fail = [], False
     return tmp_path
 
@@ -237,7 +238,7 @@ def test_optuna_sweep_3_trials(in_tmp):
     assert best["best_value"] == min(r["metric.rmse"] for r in found)
 
 
-SWEEP = [sys.executable, "-m", "optsample.run", "-m", *BASE]
+SWEEP = [sys.executable, "-m", "optsample.runner.app", "-m", *BASE]
 
 
 def test_joblib_and_submitit_local_launchers(in_tmp):
@@ -271,7 +272,7 @@ def test_sweep_killed_with_sigkill_resumes_to_the_full_set(in_tmp):
 
 def test_registering_a_model_twice_replaces_it_with_a_warning():
     """A re-run notebook cell registers model=test_twice again: the second builder (dim 3, not 2) wins."""
-    from optsample import config
+    from optsample.runner import config
 
     try:
         config.register_model(config.GMMConfig(name="test_twice", dim=2), config.build_gmm)
@@ -280,3 +281,25 @@ def test_registering_a_model_twice_replaces_it_with_a_warning():
         assert config.MODELS["test_twice"].config.dim == 3
     finally:
         config.MODELS.pop("test_twice", None)
+
+
+PLUGIN_DIR = Path(__file__).resolve().parent / "plugin_fixture"
+
+
+def test_a_plugin_sampler_runs_in_a_joblib_sweep_of_2_parallel_jobs(in_tmp):
+    """tests/plugin_fixture/my_sampler.py registers "damped_euler" outside optsample; plugins=[my_sampler] makes it
+    an option of sampler= and imports it in both joblib workers (loky processes), which write 2 rows."""
+    env = {**ENV, "PYTHONPATH": os.pathsep.join([str(PLUGIN_DIR), ENV.get("PYTHONPATH", "")])}
+    done = subprocess.run([*SWEEP, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "name=plugin", "plugins=[my_sampler]",
+                           "sampler=damped_euler", "sampler.damping=0.1,0.6", "steps=3"], env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = rows("plugin")
+    assert sorted((r["sampler.name"], r["sampler.damping"]) for r in found) == [("damped_euler", 0.1), ("damped_euler", 0.6)]
+    assert len({r["config_hash"] for r in found}) == 2
+    assert [r["plugins"] for r in found] == ["my_sampler"] * 2  # one text cell, so the tables can group rows
+
+
+def test_a_plugin_that_cannot_be_imported_fails_naming_it(in_tmp):
+    with pytest.raises(R.ConfigError, match="plugins: cannot import plugin 'no_such_module'"):
+        R.plan_run({**plan_for().cfg, "plugins": ["no_such_module"]})

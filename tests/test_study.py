@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from optsample import results, study
+from optsample.runner import results, study
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ re-run skips finished rows, so the driver resumes after a crash):
    Best parameters -> ``<out>/best_params.json``.
 2. Report: the best and the default configuration of every (model, sampler, NFE) on the reporting seeds
    2, 3, 4 (``experiment=ovs_<model>``, basic sweeper), which the tuning never saw.
-3. Tables and plots (:mod:`optsample.report`: rows = sampler, cols = nfe_budget, mean ± std over the reporting
+3. Tables and plots (:mod:`optsample.runner.report`: rows = sampler, cols = nfe_budget, mean ± std over the reporting
    seeds, best bolded) for tuned and default configurations, and ``comparison.md``: every sampler against
    euler, dpmpp_2m and unipc (tuned), per NFE, with paired per-seed wins (same starting noise per seed).
 """
@@ -83,7 +83,7 @@ def fold_seed(seed: int) -> int:
 def seeds_collide() -> bool:
     """True if the runner's seeds (seed << 32) + k give seed 1 and seed 2 the same starting noise: torch's CPU
     ``Generator.manual_seed`` keeps only the low 32 bits of the seed (mt19937), which are k in both."""
-    from optsample.run import sample_seeds
+    from optsample.runner.app import sample_seeds
     from optsample.samplers import initial_noise
 
     first, second = (initial_noise(sample_seeds(seed, 0, 1), (8,)) for seed in (1, 2))
@@ -94,7 +94,7 @@ def seeds_collide() -> bool:
 def distinct_sample_seeds():
     """While the runner's per-sample seeds collide across ``seed`` values, fold them (:func:`fold_seed`) so the
     tuning seed and the reporting seeds really draw different noise; a no-op once optsample folds them itself."""
-    from optsample import run
+    from optsample.runner import app as run
 
     original = run.sample_seeds
     fold = seeds_collide()
@@ -111,7 +111,7 @@ def reuse_built_models():
     """Build each model config once per process: the rmse metric caches its reference ODE solution by the model
     object (optsample/metrics/analytic.py), which the runner otherwise rebuilds for every run (6-8 s per
     digits_empirical run instead of ~0.1 s)."""
-    from optsample import config as C
+    from optsample.runner import config as C
 
     saved = dict(C.MODELS)
     built: dict = {}
@@ -170,8 +170,8 @@ def load_search_spaces(path: Path = HERE / "search_spaces.yaml") -> dict[str, di
 
 def default_values(sampler: str, keys) -> dict:
     """The default of every ``sampler.<x>`` / ``schedule.<x>`` key: the registered sampler's hyper-parameter
-    dataclass and the karras schedule's signature (optsample/config.py generates both nodes from them)."""
-    from optsample import config as C
+    dataclass and the karras schedule's signature (optsample/runner/config.py generates both nodes from them)."""
+    from optsample.runner import config as C
 
     # schedule.sigma_min / sigma_max are None in the node (= the model's trained range); the study's models
     # have none, so their default is the karras signature's (EDM's 0.002 / 80)
@@ -194,7 +194,7 @@ def default_values(sampler: str, keys) -> dict:
 
 def optsample_run(*args: str) -> None:
     """``optsample-run`` with these arguments (Hydra reads sys.argv); RuntimeError naming them on failure."""
-    from optsample import run
+    from optsample.runner import app as run
 
     old = sys.argv
     sys.argv = ["optsample-run", *args]
@@ -301,7 +301,7 @@ def trials_note(part: Part) -> str:
 
 
 def write_tables(part: Part, frames: dict, opts: Options) -> list[Path]:
-    from optsample import report
+    from optsample.runner import report
 
     written = []
     for label, frame in frames.items():
@@ -324,7 +324,7 @@ def paired(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
 def comparison(part: Part, tuned: pd.DataFrame, default: pd.DataFrame, opts: Options) -> str:
     """Markdown: per NFE, each sampler's tuned mean, its ratio to each tuned baseline with per-seed wins, and
     the gain from tuning (tuned / default). Ratios < 1 are better for lower-is-better metrics."""
-    from optsample.report import metric_direction
+    from optsample.runner.report import metric_direction
 
     metric = part.objective
     higher = metric_direction(metric)
@@ -359,7 +359,7 @@ def comparison(part: Part, tuned: pd.DataFrame, default: pd.DataFrame, opts: Opt
 
 
 def study_frames(part: Part, best: dict, spaces: dict, opts: Options) -> dict[str, pd.DataFrame]:
-    from optsample.results import read_rows
+    from optsample.runner.results import read_rows
 
     frames = {}
     for label in ("tuned", "default"):

@@ -1,7 +1,7 @@
 """The metric registry: ``compute(names, samples, context)`` and the one-line ``@register_metric``.
 
 A metric is a function ``fn(samples, context) -> float`` registered under a name with its direction
-(``higher_is_better``), which :mod:`optsample.report` uses to mark the best cell of a table. A metric
+(``higher_is_better``), which :mod:`optsample.runner.report` uses to mark the best cell of a table. A metric
 that does not apply to the run's model raises :class:`NotApplicable` (a ValueError) saying why.
 """
 

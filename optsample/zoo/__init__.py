@@ -1,7 +1,1 @@
-"""Model families for the runner: each module registers its ``model=<name>`` options on import.
-
-``optsample.config`` imports this package after defining ``register_model``; a module here does
-``from ..config import register_model, BuiltModel, ModelConfig`` and calls ``register_model(...)``.
-"""
-
-from . import diffusers, digits  # noqa: F401
+"""Shipped model families, one folder each (data, networks, training app, runner registration): digits/."""

@@ -140,7 +140,7 @@ def find_row(results_dir: str | os.PathLike, key: str) -> dict[str, Any] | None:
     return read_row(path) if path.exists() else None
 
 
-# What besides the config decides a row's numbers (optsample.run.code_revision); rows from before these
+# What besides the config decides a row's numbers (optsample.runner.app.code_revision); rows from before these
 # keys were recorded read as "none".
 REVISION_KEYS = ("versions.optsample", "sampler.revision")
 

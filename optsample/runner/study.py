@@ -4,11 +4,11 @@ digits model (FID-digits, KID, class accuracy) and on the 64-D Gaussian mixture 
     optsample-study                 # the default study: runs/default_study -> results/default_study (~10 min, 2 CPUs)
     optsample-study --tiny          # a ~30 s end-to-end check (CI): 3 samplers x NFE {4, 6}, few samples
 
-Every run goes through the runner (:func:`optsample.run.execute` on configs composed by Hydra from
+Every run goes through the runner (:func:`optsample.runner.app.execute` on configs composed by Hydra from
 ``conf/``, experiment preset ``default_study``), so each finished run is one row in ``runs/<name>`` and a
 re-run skips it (resumable). Afterwards: one offline W&B run with the table of all rows
-(:func:`optsample.loggers.log_sweep_table`); tables and metric-vs-NFE plots per model and metric
-(:mod:`optsample.report`); a sample grid per sampler (rows: NFE, columns: classes 0-9) and one of all
+(:func:`optsample.runner.loggers.log_sweep_table`); tables and metric-vs-NFE plots per model and metric
+(:mod:`optsample.runner.report`); a sample grid per sampler (rows: NFE, columns: classes 0-9) and one of all
 samplers at NFE 10, under ``results/<name>/``. The sampler and NFE lists are read from
 ``conf/experiment/default_study.yaml``.
 """
@@ -52,7 +52,7 @@ def sweep_lists() -> tuple[list[str], list[int]]:
     """(samplers, NFE budgets) from the experiment preset's ``hydra.sweeper.params``."""
     from omegaconf import OmegaConf
 
-    from .run import config_path
+    from .app import config_path
 
     params = OmegaConf.load(Path(config_path()) / "experiment" / f"{EXPERIMENT}.yaml").hydra.sweeper.params
     return [s.strip() for s in str(params.sampler).split(",")], [int(n) for n in str(params.nfe).split(",")]
@@ -65,7 +65,7 @@ def compose(overrides: list[str]) -> dict:
     from omegaconf import OmegaConf
 
     from . import config as C
-    from .run import config_path
+    from .app import config_path
 
     C.register_configs()
     with initialize_config_dir(config_dir=config_path(), version_base="1.3"):
@@ -75,7 +75,7 @@ def compose(overrides: list[str]) -> dict:
 
 def run_grid(parts: list[Part], samplers: list[str], nfes: list[int], common: list[str]) -> list[dict]:
     """Every (part, sampler, NFE) through the runner; finished rows are reused. Returns the rows."""
-    from . import run
+    from . import app as run
 
     rows, total, done = [], len(parts) * len(samplers) * len(nfes), 0
     for part in parts:
@@ -92,7 +92,7 @@ def run_grid(parts: list[Part], samplers: list[str], nfes: list[int], common: li
 
 
 def write_tables(rows: list[dict], parts: list[Part], out: Path) -> list[Path]:
-    """Per model and metric: <out>/<model>/<metric>_by_nfe.{md,tex,csv,png} (optsample.report)."""
+    """Per model and metric: <out>/<model>/<metric>_by_nfe.{md,tex,csv,png} (optsample.runner.report)."""
     import pandas as pd
 
     from . import report
@@ -131,7 +131,7 @@ def _grid_figure(images: torch.Tensor, row_labels: list[str], col_labels: list[s
 def _digit_samples(sampler: str, nfe: int, common: list[str]) -> torch.Tensor:
     """Samples 0-9 (classes 0-9, the runner's seeds) of model=digits with ``sampler`` at NFE ``nfe``."""
     from . import config as C
-    from . import run
+    from . import app as run
 
     cfg = compose([*common, "n_samples=10", "batch_size=10", f"sampler={sampler}", f"nfe={nfe}", "progress=false"])
     plan = run.plan_run(cfg)
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
     if args.nfe:
         nfes = [int(n) for n in args.nfe.split(",")]
-    from . import samplers as sampler_registry
+    from .. import samplers as sampler_registry
 
     unknown = sorted(set(samplers) - set(sampler_registry.available()))
     if unknown or not samplers or not nfes or min(nfes) < 1:

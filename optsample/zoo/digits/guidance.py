@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..models.wrappers import sigma_batch
+from ...models.wrappers import sigma_batch
 from .nets import NULL_CLASS
 
 

@@ -1,6 +1,6 @@
 """Reading and writing the digits networks as safetensors, the architecture in the file's metadata.
 
-The shipped files live in ``optsample/assets/`` (package data): ``digits_edm.safetensors`` (EMA weights of
+The shipped files live in ``optsample/zoo/digits/assets/`` (package data): ``digits_edm.safetensors`` (EMA weights of
 the UNet; metadata: channels, emb_dim, sigma_data), ``digits_classifier.safetensors`` and ``digits.json``
 (provenance: the command that made them, seed, wall time, losses, accuracies, SHA-256 of both files).
 """
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from ..models import EDMPrecond
+from ...models import EDMPrecond
 from .nets import DigitsClassifier, DigitsUNet
 
-ASSET_DIR = Path(__file__).resolve().parent.parent / "assets"
+ASSET_DIR = Path(__file__).resolve().parent / "assets"
 DENOISER_FILE = "digits_edm.safetensors"
 CLASSIFIER_FILE = "digits_classifier.safetensors"
 PROVENANCE_FILE = "digits.json"

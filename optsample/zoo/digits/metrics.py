@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..metrics import MetricContext, NotApplicable, available, available_feature_nets, register_feature_net, register_metric
+from ...metrics import MetricContext, NotApplicable, available, available_feature_nets, register_feature_net, register_metric
 from .checkpoints import shipped_classifier
 
 

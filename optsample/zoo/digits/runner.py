@@ -1,4 +1,4 @@
-"""Runner options for the embedded default (optsample/digits/):
+"""Runner options for the embedded default (optsample/zoo/digits/):
 
 - ``model=digits``: the shipped class-conditional UNet (EDM preconditioning) with classifier-free guidance
   ``model.guidance`` (1 = conditional, 0 = unconditional; default 2); sample k is conditioned on class
@@ -19,8 +19,8 @@ from typing import Optional
 import torch
 
 from .. import digits as _digits  # noqa: F401  (registers feature net "digits" and metric "accuracy")
-from ..config import BuiltModel, ModelConfig, register_model
-from ..models.wrappers import sigma_batch
+from ...models.registry import BuiltModel, ModelConfig, register_model
+from ...models.wrappers import sigma_batch
 
 SAMPLE_SHAPE = (1, 8, 8)
 
@@ -29,7 +29,7 @@ SAMPLE_SHAPE = (1, 8, 8)
 class DigitsConfig(ModelConfig):
     name: str = "digits"
     guidance: float = 1.5  # classifier-free guidance scale (Ho & Salimans 2022): 1 = conditional model
-    checkpoint: Optional[str] = None  # None: the shipped weights (optsample/assets/digits_edm.safetensors)
+    checkpoint: Optional[str] = None  # None: the shipped weights (optsample/zoo/digits/assets/digits_edm.safetensors)
 
 
 @dataclass
@@ -45,7 +45,7 @@ def cycle_labels(indices: list) -> dict:
 
 
 def digits_metric_args() -> dict:
-    """FID / KID against the held-out split under the shipped classifier's features (optsample.digits.metrics)."""
+    """FID / KID against the held-out split under the shipped classifier's features (optsample.zoo.digits.metrics)."""
     from ..digits import checkpoints, data
 
     digest = checkpoints.file_digest(checkpoints.asset(checkpoints.CLASSIFIER_FILE))[:12]
@@ -67,7 +67,7 @@ class ClassConditionalEmpirical:
     """The exact denoiser of each class's data: sample b uses the data of class ``class_labels[b]`` alone."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor):
-        from ..models import EmpiricalDenoiser
+        from ...models import EmpiricalDenoiser
 
         self.data = images
         self.per_class = {int(c): EmpiricalDenoiser(images[labels == c]) for c in labels.unique()}
@@ -88,7 +88,7 @@ class ClassConditionalEmpirical:
 
 def build_digits_empirical(cfg: dict) -> BuiltModel:
     from ..digits import data
-    from ..models import EmpiricalDenoiser
+    from ...models import EmpiricalDenoiser
 
     images, labels = data.load(cfg["split"])
     if cfg["class_conditional"]:

@@ -73,10 +73,10 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteScheduler, EulerDiscreteSchedulerOutput
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
 
-from . import schedules
-from .models.wrappers import DiscreteSchedule, check_prediction_type, expand, vp_denoised
-from .samplers import SeededNoise, initial_noise, registry
-from .samplers import sample as run_sampler
+from ... import schedules
+from ...models.wrappers import DiscreteSchedule, check_prediction_type, expand, vp_denoised
+from ...samplers import SeededNoise, initial_noise, registry
+from ...samplers import sample as run_sampler
 
 LATENT_SCALINGS = ("vp", "ve")
 # Schedules whose sigma range defaults to the model's training range (diffusers' use_karras_sigmas does the same).

@@ -38,7 +38,7 @@ class Pivot:
 
 
 def load_rows(source: str | Path) -> pd.DataFrame:
-    """Rows from a results directory (:func:`optsample.results.read_rows`) or a .csv / .json / .jsonl file."""
+    """Rows from a results directory (:func:`optsample.runner.results.read_rows`) or a .csv / .json / .jsonl file."""
     path = Path(source)
     if not path.exists():
         raise ValueError(f"{source}: no such results directory or file")
@@ -64,7 +64,7 @@ def metric_column(frame: pd.DataFrame, metric: str) -> str:
 
 def metric_direction(metric: str) -> bool:
     """True if higher is better, from the metric registry (unknown metrics: lower is better)."""
-    from . import metrics
+    from .. import metrics
 
     name = metric.removeprefix("metric.")
     return metrics.info(name).higher_is_better if name in metrics.available() else False
@@ -97,7 +97,7 @@ def _warn_mixed_cells(frame: pd.DataFrame, keys: list[str], value_column: str) -
 
 
 def _warn_mixed_revisions(frame: pd.DataFrame) -> None:
-    """Warn when the table's rows come from different code revisions (optsample.results.revision_mix)."""
+    """Warn when the table's rows come from different code revisions (optsample.runner.results.revision_mix)."""
     from .results import revision_mix
 
     message = revision_mix(frame.to_dict("records"))

@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 
 from . import config as C
-from . import results
+from . import plugins, results
 from .devices import InDtype, model_dtype, resolve_device
 
-log = logging.getLogger("optsample.run")
+log = logging.getLogger("optsample.runner.app")
 
 TRAJECTORY_SAMPLES = 64
 VERSIONED_PACKAGES = ("optsample", "torch", "numpy", "hydra-core", "omegaconf", "diffusers")
@@ -67,7 +67,7 @@ def schedule_kwargs(cfg: dict, model_args: dict) -> dict:
     """The schedule's arguments: the config's, with sigma_min / sigma_max left unset (None) taken from the
     model's trained range when it has one (k-diffusion ``model.sigma_min/max``), else the schedule's
     defaults; model-provided arguments (``alphas_cumprod``) passed where the schedule takes them."""
-    from . import schedules
+    from .. import schedules
 
     accepted = inspect.signature(getattr(schedules, cfg["schedule"]["name"])).parameters
     kwargs = {k: v for k, v in model_args.items() if k in accepted}
@@ -83,7 +83,7 @@ def _resolve_schedule(cfg: dict, hparams: dict, model_args: dict) -> tuple[int |
     """(steps, sigmas, schedule kwargs) of the schedule that is run. With an NFE budget the step count is the
     largest whose NFE, measured on this very schedule (sigma range, family, final-sigma policy, restarts),
     fits the budget (core.steps_for_nfe); a budget that one step exceeds is a ConfigError."""
-    from .samplers import BudgetError, measure_nfe, steps_for_nfe
+    from ..samplers import BudgetError, measure_nfe, steps_for_nfe
 
     kwargs = schedule_kwargs(cfg, model_args)
     steps = cfg["steps"]
@@ -122,7 +122,7 @@ def resolve_schedule(plan: RunPlan, built: C.BuiltModel) -> torch.Tensor:
 
 def code_revision(sampler: str) -> dict:
     """What, besides the config, decides a row's numbers: the optsample version and the sampler's revision."""
-    from . import __version__, samplers
+    from .. import __version__, samplers
 
     return {"optsample": __version__, "sampler_revision": samplers.get(sampler).revision}
 
@@ -140,8 +140,12 @@ def hashed_config(cfg: dict) -> dict:
 
 def plan_run(cfg: dict, *, job_num: int = 0) -> RunPlan:
     """Check every key of a resolved config and derive the run's plan; raises ConfigError naming the key."""
-    from . import samplers
+    from .. import samplers
 
+    try:  # first: in a launcher's worker process this is where the user's modules get imported
+        plugins.load(cfg.get("plugins") or [])
+    except plugins.PluginError as err:
+        raise ConfigError(str(err)) from None
     try:
         spec = samplers.get(cfg["sampler"]["name"])
         hparams = C.sampler_hparams(cfg["sampler"])
@@ -169,14 +173,14 @@ def plan_run(cfg: dict, *, job_num: int = 0) -> RunPlan:
 def _check_metric_names(names: list[str]) -> None:
     if not names:
         return
-    from . import metrics
+    from .. import metrics
 
     unknown = sorted(set(names) - set(metrics.available()))
     _require(not unknown, f"metric.names: unknown metric(s) {unknown}; available: {metrics.available()}")
 
 
 def _make_sigmas(cfg: dict, steps: int | None, kwargs: dict) -> torch.Tensor:
-    from . import schedules
+    from .. import schedules
 
     if cfg["schedule"]["name"] == "discrete" and "alphas_cumprod" not in kwargs:
         raise ConfigError(
@@ -266,7 +270,7 @@ def generate(plan: RunPlan, built: C.BuiltModel, sigmas: torch.Tensor, device: t
     kept (x at each step's start, then the output) for the logger's trajectory plot."""
     from tqdm.auto import tqdm
 
-    from .samplers import initial_noise, sample
+    from ..samplers import initial_noise, sample
 
     cfg = plan.cfg
     denoiser = built.denoiser if plan.dtype == torch.float32 else InDtype(built.denoiser, plan.dtype)
@@ -299,7 +303,7 @@ def score(plan: RunPlan, built: C.BuiltModel, samples, x_start, sigmas, device) 
     names = list(plan.cfg["metric"]["names"])
     if not names:
         return {}
-    from . import metrics
+    from .. import metrics
 
     conditioning = batch_conditioning(built, range(plan.cfg["n_samples"]), device)
     labels = conditioning.get("class_labels", conditioning.get("labels"))
@@ -317,7 +321,7 @@ def _warn(what: str, err: Exception) -> None:
 
 
 def log_run(plan: RunPlan, metric_values: dict, samples, trajectory, run_dir: str, log_density=None) -> None:
-    """Hand the run to the configured logger (optsample.loggers); a failing logger only warns.
+    """Hand the run to the configured logger (optsample.runner.loggers); a failing logger only warns.
     ``log_density`` (the clean log-density of an analytic model) draws contours under the trajectories."""
     logger_cfg = plan.cfg["logger"]
     if logger_cfg["name"] == "none":
@@ -387,7 +391,7 @@ def execute(cfg: dict, *, job_num: int = 0, run_dir: str | None = None) -> dict:
 
 
 def make_row(plan: RunPlan, metric_values: dict, *, nfe: int, steps: int, device: torch.device) -> dict:
-    from . import samplers
+    from .. import samplers
 
     row = results.flatten(plan.cfg)
     row["nfe_budget"] = row.pop("nfe")
@@ -395,6 +399,7 @@ def make_row(plan: RunPlan, metric_values: dict, *, nfe: int, steps: int, device
     row.update({f"schedule.{k}": v for k, v in (plan.schedule_kwargs or {}).items() if not isinstance(v, torch.Tensor)})
     if plan.sigmas is not None:
         row.update({"sigma_start": float(plan.sigmas[0]), "sigma_end": float(plan.sigmas[plan.sigmas > 0][-1])})
+    row["plugins"] = ",".join(row.get("plugins") or [])  # one text cell: the tables group rows by hashable cells
     row.update({f"metric.{k}": float(v) for k, v in metric_values.items()})
     row.update({f"versions.{k}": v for k, v in package_versions().items()})
     spec = samplers.get(plan.cfg["sampler"]["name"])  # the code revision that decides the numbers (hashed_config)
@@ -486,15 +491,13 @@ class SweepTableCallback(Callback):
 
 
 def config_path() -> str:
-    """Absolute path of the configs: those beside the imported code (an installed wheel's optsample/conf/,
-    a checkout's conf/), else the ``optsample.conf`` package (an editable install maps it to its checkout,
-    which need not be the one imported, e.g. a git worktree on PYTHONPATH)."""
+    """Absolute path of the configs: the conf/ of the source checkout this module is imported from,
+    else the ``optsample.conf`` package data (an installed wheel). The checkout comes first: an editable
+    install of another checkout maps ``optsample.conf`` to *its* conf/, which must not win."""
     import importlib.util
 
-    here = Path(__file__).resolve().parent
-    candidates = [str(here / "conf")]
-    if (here.parent / "pyproject.toml").exists():
-        candidates.append(str(here.parent / "conf"))
+    checkout = Path(__file__).resolve().parents[2]
+    candidates = [str(checkout / "conf")] if (checkout / "pyproject.toml").exists() else []
     try:
         spec = importlib.util.find_spec("optsample.conf")
     except ImportError:
@@ -560,6 +563,11 @@ def main() -> None:
     import hydra
 
     global _ONE_LINE_ERRORS
+    try:  # before composing: a plugin's samplers / models are options of sampler= / model=
+        plugins.load(plugins.from_overrides(sys.argv[1:]))
+    except plugins.PluginError as err:
+        print(f"optsample-run: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     C.register_configs()
     full_error = os.environ.get("HYDRA_FULL_ERROR")
     _ONE_LINE_ERRORS = full_error != "1"
@@ -581,6 +589,6 @@ def main() -> None:
 if __name__ == "__main__":
     # Run through the importable module, not __main__: joblib / submitit workers unpickle the task
     # function by its module name.
-    from optsample.run import main as _main
+    from optsample.runner.app import main as _main
 
     _main()

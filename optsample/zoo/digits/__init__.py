@@ -1,11 +1,11 @@
 """The embedded default: a small class-conditional diffusion model of scikit-learn's digits, shipped with
-its weights (optsample/assets/), and the digit classifier behind FID-digits and the "accuracy" metric.
+its weights (optsample/zoo/digits/assets/), and the digit classifier behind FID-digits and the "accuracy" metric.
 
-    from optsample.digits import load_denoiser, GuidedDenoiser
+    from optsample.zoo.digits import load_denoiser, GuidedDenoiser
     model = GuidedDenoiser(load_denoiser(), guidance=2.0)    # D(x, sigma, class_labels=...)
 
 Importing this package registers feature net "digits" and metric "accuracy" (optsample.metrics).
-Retrain the weights with ``optsample-train install=true`` (optsample/train.py).
+Retrain the weights with ``optsample-train install=true`` (optsample/zoo/digits/train.py).
 """
 
 from . import data

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn import functional as F
 
-from ..models import EDMPrecond
+from ...models import EDMPrecond
 from . import data
 from .nets import NULL_CLASS, DigitsClassifier, DigitsUNet
 

@@ -1,4 +1,4 @@
-"""diffusers checkpoints as runner options (optsample/models/diffusers_adapters.py does the work).
+"""diffusers checkpoints as runner options (adapters.py here does the work).
 
     optsample-run model=ddpm_cifar10 schedule=discrete sampler=ddim steps=10 metric=images model.reference=cifar10_train.npz
     optsample-run model=sd15 schedule=discrete sampler=plms steps=10 model.guidance_scale=15 metric=text2image \
@@ -20,8 +20,8 @@ from typing import Optional
 import torch
 from omegaconf import MISSING
 
-from ..config import BuiltModel, ModelConfig, register_model
-from ..metrics.registry import DEFAULT_CLIP_MODEL
+from ...models.registry import BuiltModel, ModelConfig, register_model
+from ...metrics.registry import DEFAULT_CLIP_MODEL
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -91,7 +91,7 @@ def attach_decode(built: BuiltModel, decode) -> BuiltModel:
 
 
 def build_unet(cfg: dict) -> BuiltModel:
-    from ..models.diffusers_adapters import load_unet_denoiser
+    from .adapters import load_unet_denoiser
 
     denoiser = load_unet_denoiser(cfg["path"])
     config = denoiser.net.unet.config
@@ -102,8 +102,8 @@ def build_unet(cfg: dict) -> BuiltModel:
 
 
 def build_stable_diffusion(cfg: dict) -> BuiltModel:
-    from ..models.diffusers_adapters import load_stable_diffusion
-    from ..prompts import load_prompts, prompt_conditioning
+    from .adapters import load_stable_diffusion
+    from .prompts import load_prompts, prompt_conditioning
 
     conditioning = prompt_conditioning(load_prompts(cfg["prompts"]))
     denoiser = load_stable_diffusion(cfg["path"], guidance_scale=cfg["guidance_scale"],

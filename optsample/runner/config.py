@@ -1,15 +1,15 @@
-"""Structured configs for the Hydra runner, generated from the registries; plus the small model registry.
+"""Structured configs for the Hydra runner, generated from the registries.
 
 Hydra config groups (``optsample-run <group>=<option> <group>.<key>=<value>``):
 
 - ``sampler``: one option per registered sampler (``optsample.samplers.available()``). Its fields are
   ``name`` plus the sampler's hyper-parameters, generated from ``get(name).params`` with the
   ``Annotated[...]`` bounds stripped to the plain type (OmegaConf does not understand ``Annotated``);
-  the bounds are checked by ``get(name).make_params(**hp)`` before any work (:func:`optsample.run.plan_run`).
+  the bounds are checked by ``get(name).make_params(**hp)`` before any work (:func:`optsample.runner.app.plan_run`).
 - ``schedule``: one option per ``optsample.schedules.available()``, fields generated from the schedule
   function's signature (``n`` comes from ``steps`` / ``nfe``; model-provided arguments such as
   ``alphas_cumprod`` are left out).
-- ``model``: :data:`MODELS` below; adding a model is one :func:`register_model` line.
+- ``model``: :data:`optsample.models.registry.MODELS`; adding a model is one ``register_model`` line.
 - ``metric``, ``logger``: presets (dataclasses here); ``experiment``: YAML presets in ``conf/experiment``.
 
 Every node is a dataclass, so OmegaConf runs in struct mode: a misspelled key fails at composition with
@@ -22,11 +22,13 @@ import collections.abc
 import dataclasses
 import inspect
 import typing
-import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional
+from typing import Any, List, Optional
 
 from omegaconf import MISSING
+
+# The model registry lives below the runner (optsample/models/registry.py); its names are re-exported here.
+from ..models.registry import MODELS, BuiltModel, GMMConfig, ModelConfig, ModelEntry, build_gmm, register_model  # noqa: F401
 
 SCALARS = (int, float, bool, str)
 MODEL_DTYPES = ("float32", "float16", "bfloat16", "float64")
@@ -66,7 +68,7 @@ def _class_name(group: str, name: str) -> str:
 
 def sampler_config(name: str) -> type:
     """Plain dataclass ``name`` + the hyper-parameters of sampler ``name`` with their defaults."""
-    from . import samplers
+    from .. import samplers
 
     params = samplers.get(name).params
     hints = typing.get_type_hints(params, include_extras=True)
@@ -92,7 +94,7 @@ MODEL_RANGE_KEYS = ("sigma_min", "sigma_max")
 
 def schedule_parameters(name: str) -> list[inspect.Parameter]:
     """The user-settable parameters of schedule ``name`` (``n``/``device`` excluded)."""
-    from . import schedules
+    from .. import schedules
 
     fn = getattr(schedules, name)
     return [p for p in inspect.signature(fn).parameters.values() if p.name not in SCHEDULE_SKIP]
@@ -101,7 +103,7 @@ def schedule_parameters(name: str) -> list[inspect.Parameter]:
 def schedule_config(name: str) -> type:
     """Plain dataclass ``name`` + schedule ``name``'s parameters; those without a default and a
     scalar/list type are required (``???``); non-config arguments (tensors) come from the model."""
-    from . import schedules
+    from .. import schedules
 
     hints = typing.get_type_hints(getattr(schedules, name))
     fields = [("name", str, field(default=name))]
@@ -120,85 +122,6 @@ def schedule_config(name: str) -> type:
 
 def schedule_params(schedule_cfg: dict) -> dict:
     return {k: v for k, v in schedule_cfg.items() if k != "name"}
-
-
-# ----------------------------------------------------------------------------------------------
-# Models: a small registry. A builder takes the model node (a dict) and returns a BuiltModel.
-
-
-@dataclass
-class BuiltModel:
-    """What the runner needs from a model: the denoiser, the shape of one sample, and model-provided
-    arguments for the schedule (e.g. ``alphas_cumprod`` for ``schedule=discrete``)."""
-
-    denoiser: Callable
-    sample_shape: tuple
-    schedule_args: dict = field(default_factory=dict)
-    extra_args: dict = field(default_factory=dict)
-    # Per-sample conditioning: sample indices -> extra model arguments for that batch, e.g.
-    # {"class_labels": tensor} or {"prompts": [...]}; sample k's conditioning depends on k alone.
-    # The keys "class_labels" / "labels" and "prompts" are also handed to the metrics.
-    conditioning: Callable[[list], dict] | None = None
-    # Extra fields for optsample.metrics.MetricContext (reference data, feature net, ...).
-    metric_args: dict = field(default_factory=dict)
-    # Samples -> images in [-1, 1] for the metrics and the logger (e.g. a VAE decoder for latent models).
-    decode: Callable[[Any], Any] | None = None
-    # The trained (sigma_min, sigma_max); None: the denoiser's ``sigma_min`` / ``sigma_max`` attributes if it
-    # has them (k-diffusion's convention: DiscreteVPDenoiser, ContinuousVPDenoiser), else no trained range.
-    sigma_range: tuple | None = None
-
-    def trained_sigma_range(self) -> dict:
-        """{"sigma_min": ., "sigma_max": .} of the model's trained range, or {} if it has none."""
-        found = self.sigma_range
-        if found is None:
-            low, high = getattr(self.denoiser, "sigma_min", None), getattr(self.denoiser, "sigma_max", None)
-            found = (low, high) if low is not None and high is not None else None
-        return {} if found is None else {"sigma_min": float(found[0]), "sigma_max": float(found[1])}
-
-
-@dataclass
-class ModelConfig:
-    name: str = MISSING
-    dtype: str = "float32"  # the model's compute dtype; the sampler state stays float32
-
-
-@dataclass
-class GMMConfig(ModelConfig):
-    dim: int = 2
-    components: int = 8
-    seed: int = 0
-    spread: float = 3.0
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    config: Any  # a ModelConfig instance: the option's defaults
-    build: Callable[[dict], BuiltModel]
-
-
-MODELS: dict[str, ModelEntry] = {}
-
-
-def register_model(config: ModelConfig, build: Callable[[dict], BuiltModel]) -> None:
-    """Add option ``model=<config.name>``: ``register_model(GMMConfig(name="gmm8d", dim=8), build_gmm)``.
-
-    Registering a name again replaces the earlier model with a warning (a re-run notebook cell).
-    """
-    if config.name in MODELS:
-        warnings.warn(f"model {config.name!r} is already registered; replacing it", stacklevel=2)
-    MODELS[config.name] = ModelEntry(config, build)
-
-
-def build_gmm(cfg: dict) -> BuiltModel:
-    """``GaussianMixture.random(dim, components, seed, spread)`` (optsample/models/gmm.py)."""
-    from .models import GaussianMixture
-
-    gmm = GaussianMixture.random(dim=cfg["dim"], components=cfg["components"], seed=cfg["seed"], spread=cfg["spread"])
-    return BuiltModel(gmm, (cfg["dim"],))
-
-
-register_model(GMMConfig(name="gmm2d", dim=2, components=8), build_gmm)
-register_model(GMMConfig(name="gmm64", dim=64, components=8), build_gmm)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -265,18 +188,21 @@ class RunConfig:
     objective: Optional[str] = None  # row key returned to the sweeper, e.g. metric.rmse
     progress: bool = True
     log_trajectory: bool = False  # hand the first samples' iterates to the logger (2-D plot)
+    # Modules imported in every job before anything else (optsample/runner/plugins.py): users' samplers,
+    # rules, schedules, models, metrics. Like optsample's own code, not part of the config hash.
+    plugins: List[str] = field(default_factory=list)
 
 
 # Keys that do not change a run's outcome: left out of the config hash so that re-running a sweep
 # with another results dir, logger or progress bar still finds its rows.
-UNHASHED_KEYS = ("results_dir", "force", "logger", "progress", "objective", "log_trajectory")
+UNHASHED_KEYS = ("results_dir", "force", "logger", "progress", "objective", "log_trajectory", "plugins")
 
 
 def register_configs() -> None:
     """Store every structured config in Hydra's ConfigStore (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
-    from . import samplers, schedules
+    from .. import samplers, schedules
 
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
@@ -292,5 +218,8 @@ def register_configs() -> None:
         cs.store(group="logger", name=name, node=node(name=name) if node is LoggerConfig else node)
 
 
-# Model families beyond the analytic ones register themselves here (optsample/zoo/).
-from . import zoo as _zoo  # noqa: E402,F401
+# Model families beyond the analytic ones (optsample/zoo/, optsample/integrations/, users' packages) come in
+# as plugins: the entry-point group optsample.plugins (optsample/runner/plugins.py).
+from .plugins import load_installed as _load_installed  # noqa: E402
+
+_load_installed()

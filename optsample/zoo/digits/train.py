@@ -7,8 +7,8 @@ Writes to ``out_dir`` (default: Hydra's run dir ``outputs/train/<time>``): ``dig
 weights), ``digits_classifier.safetensors``, ``digits.json`` (provenance), ``loss.csv`` and ``loss.png``
 (the loss curve), ``checkpoints/step_<k>.safetensors`` every ``checkpoint_every`` steps and
 ``samples.png``; with ``logger=wandb`` the curve and the final numbers also go to a W&B run (offline).
-``install=true`` copies the three files into ``optsample/assets/``. The loss and the recipe are in
-:mod:`optsample.digits.training`.
+``install=true`` copies the three files into ``optsample/zoo/digits/assets/``. The loss and the recipe are in
+:mod:`optsample.zoo.digits.training`.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class TrainConfig:
     checkpoint_every: int = 500
     threads: int = 1  # torch CPU threads; 1 avoids oversubscription on shared machines and keeps runs identical
     out_dir: Optional[str] = None  # None: Hydra's run dir
-    install: bool = False  # copy the weights into optsample/assets/ (the shipped ones)
+    install: bool = False  # copy the weights into optsample/zoo/digits/assets/ (the shipped ones)
     logger: str = "csv"  # csv | wandb (offline) | none: where the loss curve goes besides loss.csv / loss.png
     progress: bool = True
 
@@ -97,10 +97,10 @@ def write_loss_curve(steps: list, losses: list, out: Path) -> None:
 
 def sample_grid(denoiser, out: Path, guidance: float = 2.0) -> torch.Tensor:
     """10 samples of each class (Heun, NFE 19) as ``samples.png``; returns them."""
-    from . import loggers
-    from .digits import GuidedDenoiser
-    from .samplers import initial_noise, sample
-    from .schedules import karras
+    from ...runner import loggers
+    from . import GuidedDenoiser
+    from ...samplers import initial_noise, sample
+    from ...schedules import karras
 
     labels = torch.arange(100) % 10
     sigmas = karras(10, sigma_min=0.002, sigma_max=80.0)
@@ -117,7 +117,7 @@ def train(cfg: TrainConfig, out: Path) -> dict:
     """Train both networks into ``out``; returns the provenance dict (also written as digits.json)."""
     from tqdm.auto import tqdm
 
-    from .digits import checkpoints, data, training
+    from . import checkpoints, data, training
 
     check(cfg)
     torch.set_num_threads(cfg.threads)
@@ -175,10 +175,10 @@ def train(cfg: TrainConfig, out: Path) -> dict:
 
 
 def log_to_logger(cfg: TrainConfig, record: dict, history, images: torch.Tensor, out: Path) -> None:
-    """With ``logger=wandb``: the loss curve (a table) and final numbers in an offline W&B run (optsample.loggers)."""
+    """With ``logger=wandb``: the loss curve (a table) and final numbers in an offline W&B run (optsample.runner.loggers)."""
     if cfg.logger != "wandb":
         return
-    from . import loggers, results
+    from ...runner import loggers, results
 
     logger = loggers.make_logger({"name": "wandb"}, project="optsample", group="train", name="digits-train",
                                  run_dir=str(out))
@@ -203,7 +203,7 @@ def task(cfg) -> None:
     out = Path(train_cfg.out_dir).absolute() if train_cfg.out_dir else _output_dir()
     record = train(train_cfg, out)
     print(json.dumps({k: record[k] for k in ("denoiser", "classifier", "wall_seconds")}, indent=1))
-    print(f"wrote {out}" + (" and installed the weights into optsample/assets/" if train_cfg.install else ""))
+    print(f"wrote {out}" + (" and installed the weights into optsample/zoo/digits/assets/" if train_cfg.install else ""))
 
 
 def main() -> None:
@@ -221,6 +221,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from optsample.train import main as _main
+    from optsample.zoo.digits.train import main as _main
 
     _main()

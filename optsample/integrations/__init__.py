@@ -1,0 +1,1 @@
+"""optsample inside other tools: diffusers (diffusers/) and k-diffusion's sampler convention. Imports the library only."""

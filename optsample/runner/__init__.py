@@ -1,0 +1,4 @@
+"""The experiment runner: Hydra app (app.py, ``optsample-run``), configs, result rows, loggers, tables
+(report.py, ``optsample-table``), the default study (study.py, ``optsample-study``) and devices.
+
+It may import everything below it; nothing in the library imports it (import-linter, pyproject.toml)."""
