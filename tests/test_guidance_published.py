@@ -172,6 +172,20 @@ class PeerAdamDPS:
         return prev_sample
 
 
+class PeerMPGD(PeerAdamDPS):
+    """methods/mpgd.py ``MPGDGuidance.guide_step`` (args.clip_x0 False), on methods/base.py's DDIM helpers."""
+
+    def guide_step(self, x, t, unet, ts, alpha_prod_ts, alpha_prod_t_prevs, eta):
+        alpha_prod_t = alpha_prod_ts[t]
+        alpha_prod_t_prev = alpha_prod_t_prevs[t]
+        t = ts[t]
+        eps = unet(x, t)
+        x0 = (x - (1 - alpha_prod_t) ** (0.5) * eps) / (alpha_prod_t ** (0.5))  # _predict_x0
+        x0 += self.guidance_strength * self.get_guidance(x0.clone().detach().requires_grad_())
+        xt = (1 - alpha_prod_t) ** (0.5) * eps + alpha_prod_t ** (0.5) * x0
+        return self._predict_x_prev_from_zero(xt, x0, alpha_prod_t, alpha_prod_t_prev, eta, t)
+
+
 def peer_adam_sample(guidance, x, unet, ts, alpha_prod_ts, alpha_prod_t_prevs, eta):  # ImageSampler.sample, one batch
     guidance.reset()
     for t in range(len(ts)):
@@ -269,3 +283,52 @@ def test_published_loops_reject_bad_input():
         adam_dps(eps_net, x, MeasurementLoss(problem.A, problem.y, through="x0"), ALPHAS_CUMPROD, [10, 0], scale=0.1)
     with pytest.raises(ValueError, match="variance must be"):
         dps(eps_net, x, loss, ALPHAS_CUMPROD, [10, 0], scale=0.3, variance="learned_range")
+
+
+def vp_setup(n_steps):
+    timesteps = list(range(0, 1000, 1000 // n_steps))[::-1]
+    abar = ALPHAS_CUMPROD[timesteps]
+    sigmas = torch.cat([((1 - abar) / abar).sqrt(), torch.zeros(1, dtype=F64)])
+    alpha_prod_t_prevs = torch.cat([abar[1:], torch.ones(1, dtype=F64)])
+    return timesteps, abar, sigmas, alpha_prod_t_prevs
+
+
+@pytest.mark.parametrize("sampler,eta", [("euler_ancestral", 1.0), ("ddim", 0.5)])
+def test_adam_dps_is_the_guided_denoiser_with_the_adam_dps_schedule(sampler, eta):
+    """README relation: our samplers + guided(rule adam, lr_schedule 'adam_dps': Adam on the VP gradient) ==
+    published AdamDPS (no clipping), 50 steps, <= 1e-10."""
+    problem, _ = problems()[0]
+    timesteps, abar, sigmas, _ = vp_setup(50)
+    seeds = [4, 5]
+    x_start = optsample.initial_noise(seeds, (problem.dim,), dtype=F64)
+    loss = MeasurementLoss(problem.A, problem.y, norm="l2")
+    published = adam_dps(DenoiserAsDiscreteEps(problem.prior, ALPHAS_CUMPROD), x_start, loss, ALPHAS_CUMPROD, timesteps,
+                         scale=0.05, beta1=0.2, beta2=0.3, eta=eta, seeds=seeds)
+    model = guided(problem.prior, loss, rule="adam", lr=0.05, beta1=0.2, beta2=0.3, lr_schedule="adam_dps",
+                   sigmas=sigmas, eta=eta)
+    ours = optsample.sample(sampler, model, x_start / abar[0].sqrt(), sigmas, seeds=seeds, eta=eta)
+    assert (ours - published).abs().max() <= 1e-10 * (1 + published.abs().max())
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_mpgd_is_the_guided_denoiser_with_the_mpgd_schedule(eta):
+    """ddim + guided(Loss through x0, lr_schedule 'mpgd') == adam-guidance's MPGD loop (transcribed), 50 steps,
+    <= 1e-10 (the x0 step is carried into x_next with eps kept)."""
+    problem, _ = problems()[0]
+    timesteps, abar, sigmas, prevs = vp_setup(50)
+    seeds = [9, 10]
+    x_start = optsample.initial_noise(seeds, (problem.dim,), dtype=F64)
+    stream = SeededNoise(x_start, seeds)
+
+    def get_guidance(x0):  # tasks/super_resolution.py get_guidance: grad of -||y - A x0|| w.r.t. x0
+        with torch.enable_grad():
+            log_probs = -torch.norm(problem.y - x0 @ problem.A.T, p=2, dim=1)
+            return torch.autograd.grad(log_probs.sum(), x0)[0]
+
+    peer = PeerMPGD(0.0, 0.0, 0.4, 1e6, get_guidance, noise=lambda x: stream())
+    eps_net = DenoiserAsDiscreteEps(problem.prior, ALPHAS_CUMPROD)
+    theirs = peer_adam_sample(peer, x_start.clone(), eps_net, torch.tensor(timesteps), abar, prevs, eta)
+    model = guided(problem.prior, MeasurementLoss(problem.A, problem.y, through="x0"), lr=0.4, lr_schedule="mpgd",
+                   sigmas=sigmas, eta=eta)
+    ours = optsample.sample("ddim", model, x_start / abar[0].sqrt(), sigmas, seeds=seeds, eta=eta)
+    assert (ours - theirs).abs().max() <= 1e-10 * (1 + theirs.abs().max())

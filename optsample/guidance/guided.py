@@ -24,7 +24,8 @@ from ..samplers import transforms as T
 from ..samplers.core import NonFiniteError, ancestral_step
 from .rules import make_rule
 
-LR_SCHEDULES = ("constant", "inverse_sigma2", "cosine", "dps")
+LR_SCHEDULES = ("constant", "inverse_sigma2", "cosine", "dps", "adam_dps", "mpgd")
+POST_STEP_SCHEDULES = ("dps", "adam_dps", "mpgd")  # need the run's sigmas: they translate a per-step update
 
 
 def _column(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -32,19 +33,26 @@ def _column(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 class GuidedDenoiser:
-    """``D_y(x, sigma) = D(x, sigma) + sigma^2 * lr_t(sigma) * rule(g)``; see the module docstring.
+    """``D_y(x, sigma) = D(x, sigma) + sigma^2 * lr_t * rule(c_g g)``; see the module docstring.
 
-    ``lr_t = lr * m(sigma)`` with the schedule ``m``:
+    The schedule sets lr_t and the gradient's scale c_g (1 unless stated). Per-step schedules translate a
+    method's update after an ancestral step of eta ``eta`` along ``sigmas`` into a shift on D: with
+    c = sigma / (sigma - sigma_down) a shift delta of x_next is a shift c delta of D (README, "Guidance as
+    optimization"; EDM coordinates x = x_vp sqrt(1 + sigma^2)):
 
-    * ``constant``: 1. The shift on D is lr sigma^2 direction, a step on x proportional to sigma^2 (the
-      fast.ai deep dive's loss guidance, x -= lambda sigma^2 grad L; Bansal et al. 2023 forward guidance).
-    * ``inverse_sigma2``: 1 / sigma^2: a step of lr * direction on x0_hat (MPGD, He et al. 2024, Alg. 1).
-    * ``cosine``: lr_end + (1 - lr_end) (1 + cos(pi p)) / 2, p = log(sigma_max / sigma) / log(sigma_max /
-      sigma_min) clipped to [0, 1] (SGDR, Loshchilov & Hutter 2017, eq. 5, over log sigma).
-    * ``dps``: DPS's post-step x_{t-1} -= lr grad_{x_vp} L (DPS2022 ``condition_methods.py``) written as a shift
-      on D for an ancestral step of eta ``eta`` along ``sigmas`` (EDM coordinates, x = x_vp sqrt(1 + sigma^2)):
-      sigma^2 m = sigma / (sigma - sigma_down) * sqrt((1 + sigma^2)(1 + sigma_next^2)) (README, "Guidance as
-      optimization"). Needs ``sigmas``, the run's schedule.
+    * ``constant``: sigma^2 lr_t = lr sigma^2: Tweedie's form (lr 1 with the exact score is the posterior
+      denoiser), Bansal et al. 2023 forward guidance; a step on x proportional to sigma^2 (the fast.ai deep
+      dive's loss guidance, x -= lambda sigma^2 grad L).
+    * ``inverse_sigma2``: sigma^2 lr_t = lr: a step of lr * direction on x0_hat.
+    * ``cosine``: lr sigma^2 (lr_end + (1 - lr_end) (1 + cos(pi p)) / 2), p = log(sigma_max / sigma) /
+      log(sigma_max / sigma_min) clipped to [0, 1] (SGDR, Loshchilov & Hutter 2017, eq. 5, over log sigma).
+    * ``dps``: DPS's x_{t-1,vp} += lr rule(g_vp) (DPS2022 ``condition_methods.py``); c_g = sqrt(1 + sigma^2)
+      (g_vp, the gradient in VP coordinates), sigma^2 lr_t = lr c sqrt(1 + sigma_next^2).
+    * ``adam_dps``: AdamDPS's x_{t-1,vp} += lr rule(g_vp) / sqrt(alpha_t) (christianbelardi/adam-guidance
+      ``methods/adam_dps.py``, alpha_t = abar_t / abar_prev); c_g = sqrt(1 + sigma^2), sigma^2 lr_t = lr c
+      sqrt(1 + sigma^2).
+    * ``mpgd``: MPGD's x0_hat += lr rule(g) with eps kept (He et al. 2024, Alg. 1; ``methods/mpgd.py``):
+      sigma^2 lr_t = lr c. Use with ``Loss(..., through="x0")``.
     """
 
     def __init__(self, model, objective, *, rule: str = "sgd", lr: float = 1.0, lr_schedule: str = "constant",
@@ -56,8 +64,10 @@ class GuidedDenoiser:
             raise ValueError(f"lr_schedule must be one of {list(LR_SCHEDULES)}, got {lr_schedule!r}")
         if lr_schedule == "cosine" and not 0 < sigma_min < sigma_max:
             raise ValueError(f"cosine needs 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
-        if lr_schedule == "dps" and sigmas is None:
-            raise ValueError("lr_schedule='dps' needs sigmas, the run's sigma schedule")
+        if lr_schedule in POST_STEP_SCHEDULES and sigmas is None:
+            raise ValueError(f"lr_schedule={lr_schedule!r} needs sigmas, the run's sigma schedule")
+        if not eta >= 0:
+            raise ValueError(f"eta must be >= 0, got {eta}")
         self.model, self.objective = model, objective
         self.rule_name, self.rule_hparams = rule, dict(rule_hparams)
         self.rule = make_rule(rule, **rule_hparams)
@@ -75,24 +85,31 @@ class GuidedDenoiser:
         self.reset()
         self.denoiser = denoiser
 
-    def multiplier(self, sigma: torch.Tensor) -> torch.Tensor:
-        """m(sigma), [B] (class docstring)."""
+    def coefficients(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(c_g, sigma^2 lr_t), each [B] (class docstring)."""
+        ones = torch.ones_like(sigma)
         if self.lr_schedule == "constant":
-            return torch.ones_like(sigma)
+            return ones, self.lr * sigma**2
         if self.lr_schedule == "inverse_sigma2":
-            return 1 / sigma**2
+            return ones, self.lr * ones
         if self.lr_schedule == "cosine":
             p = (math.log(self.sigma_max) - sigma.log()) / math.log(self.sigma_max / self.sigma_min)
-            return self.lr_end + (1 - self.lr_end) * 0.5 * (1 + torch.cos(math.pi * p.clamp(0, 1)))
-        return torch.tensor([self._dps_multiplier(s) for s in sigma.tolist()], dtype=sigma.dtype, device=sigma.device)
+            return ones, self.lr * sigma**2 * (self.lr_end + (1 - self.lr_end) * 0.5 * (1 + torch.cos(math.pi * p.clamp(0, 1))))
+        pairs = [self._post_step(s) for s in sigma.tolist()]
+        return tuple(torch.tensor(column, dtype=sigma.dtype, device=sigma.device) for column in zip(*pairs))
 
-    def _dps_multiplier(self, sigma: float) -> float:
+    def _post_step(self, sigma: float) -> tuple[float, float]:
         k = min(range(len(self.sigmas) - 1), key=lambda j: abs(self.sigmas[j] - sigma))
         if abs(self.sigmas[k] - sigma) > 1e-6 * sigma:
-            raise ValueError(f"lr_schedule='dps': sigma={sigma:.6g} is not a step of the sigmas it was given")
+            raise ValueError(f"lr_schedule={self.lr_schedule!r}: sigma={sigma:.6g} is not a step of the sigmas it was given")
         sigma_next = self.sigmas[k + 1]
         sigma_down, _ = ancestral_step(sigma, sigma_next, self.eta)
-        return sigma / (sigma - sigma_down) * math.sqrt((1 + sigma**2) * (1 + sigma_next**2)) / sigma**2
+        c = sigma / (sigma - sigma_down)
+        if self.lr_schedule == "dps":
+            return math.sqrt(1 + sigma**2), self.lr * c * math.sqrt(1 + sigma_next**2)
+        if self.lr_schedule == "adam_dps":
+            return math.sqrt(1 + sigma**2), self.lr * c * math.sqrt(1 + sigma**2)
+        return 1.0, self.lr * c
 
     def __call__(self, x: torch.Tensor, sigma, **extra) -> torch.Tensor:
         if not isinstance(sigma, torch.Tensor) or sigma.ndim != 1:
@@ -101,12 +118,12 @@ class GuidedDenoiser:
             self.state, self.shape = self.rule.init(x), tuple(x.shape)
         denoised, g, loss = self.objective.gradient(self.model, x, sigma, **extra)
         self._check_finite(g, sigma)
-        s = float(sigma[0])
-        info = T.StepInfo(self.calls, self.calls, 0, s, math.nan, x, denoised, g, loss)
+        grad_scale, shift = self.coefficients(sigma)
+        g = g * _column(grad_scale, x) if self.lr_schedule in ("dps", "adam_dps") else g
+        info = T.StepInfo(self.calls, self.calls, 0, float(sigma[0]), math.nan, x, denoised, g, loss)
         direction, self.state = self.rule.update(g, self.state, info)
         self.calls += 1
-        lr_t = self.lr * self.multiplier(sigma)
-        return denoised + _column(sigma**2 * lr_t, x) * direction
+        return denoised + _column(shift, x) * direction
 
     def _check_finite(self, g: torch.Tensor, sigma: torch.Tensor) -> None:
         low, high = torch.aminmax(g)

@@ -13,10 +13,12 @@ How the post-step form relates to the guided denoiser ``D_y = D + sigma^2 lr_t d
 coordinates x = x_t / sqrt(abar_t), sigma^2 = (1 - abar_t) / abar_t): an ancestral step is linear in D,
 x_next = D + (sigma_down / sigma) (x - D) + sigma_up z, so a shift delta of x_next after the step equals a
 shift delta sigma / (sigma - sigma_down) of D before it; a VP-coordinate shift is multiplied by
-sqrt(1 + sigma_next^2), and a VP gradient is sqrt(1 + sigma^2) times the EDM one. DPS is therefore
-``guided(..., rule="sgd", lr=scale, lr_schedule="dps", sigmas=..., eta=1)`` under ``euler_ancestral``
-(tested to 1e-10 without clipping). AdamDPS is not a D_y shift of the EDM gradient: Adam's moments see the
-VP gradient, whose scale changes with sigma, and the step is divided by sqrt(alpha_t).
+sqrt(1 + sigma_next^2), and a VP gradient is sqrt(1 + sigma^2) times the EDM one. So DPS is
+``guided(..., rule="sgd", lr=scale, lr_schedule="dps", sigmas=..., eta=1)`` under ``euler_ancestral``, and
+AdamDPS is ``guided(..., rule="adam", lr=scale, lr_schedule="adam_dps", sigmas=..., eta=eta)`` under
+``ddim`` / ``euler_ancestral`` (Adam's moments see the VP gradient, whose scale changes with sigma, so the
+schedule feeds the rule sqrt(1 + sigma^2) g); both tested to 1e-10 without clipping. Clipping x0_hat for the
+step (their clip_denoised / clip_sample_range) is not a shift of D and exists only in these loops.
 """
 
 from __future__ import annotations
