@@ -29,6 +29,7 @@ import torch
 from . import config as C
 from . import results
 from .devices import InDtype, model_dtype, resolve_device
+from .runner import guidance_tasks
 
 log = logging.getLogger("optsample.run")
 
@@ -78,6 +79,9 @@ def hashed_config(cfg: dict) -> dict:
     """The part of the config that decides the outcome (config.UNHASHED_KEYS dropped; with an NFE
     budget the step count is derived, so ``steps`` is dropped too)."""
     kept = {k: v for k, v in cfg.items() if k not in C.UNHASHED_KEYS}
+    for key in ("guidance", "task"):  # unguided runs keep the hashes they had before these groups existed
+        if (kept.get(key) or {}).get("name", "none") == "none":
+            kept.pop(key, None)
     if kept.get("nfe") is not None:
         kept["steps"] = None
     return kept
@@ -98,6 +102,10 @@ def plan_run(cfg: dict, *, job_num: int = 0) -> RunPlan:
         _require(cfg[key] >= 1, f"{key} must be >= 1, got {cfg[key]}")
     steps = _resolve_steps(cfg, hparams)
     _check_metric_names(cfg["metric"]["names"])
+    try:
+        guidance_tasks.check(cfg)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"guidance/task: {err}") from None
     try:
         dtype = model_dtype(cfg["model"]["dtype"])
         resolve_device(cfg["device"], job_num)
@@ -302,12 +310,14 @@ def execute(cfg: dict, *, job_num: int = 0, run_dir: str | None = None) -> dict:
     t_build = time.perf_counter()
     built = build_model(cfg["model"], device, plan.dtype)
     sigmas = plan.sigmas if plan.sigmas is not None else _make_sigmas(cfg, plan.steps, built.schedule_args)
+    built, task = guidance_tasks.prepare(cfg, built, sigmas, plan.hparams)
     build_s = time.perf_counter() - t_build
-    with torch.inference_mode():
+    with torch.no_grad() if guidance_tasks.needs_grad(cfg) else torch.inference_mode():  # guidance takes gradients
         samples, x_start, nfe, sample_s, trajectory = generate(plan, built, sigmas, device)
         t_score = time.perf_counter()
         images = built.decode(samples) if built.decode is not None else samples
         metric_values = score(plan, built, images, x_start, sigmas, device)
+        metric_values.update(guidance_tasks.task_metrics(task, samples))
         score_s = time.perf_counter() - t_score
     row = make_row(plan, metric_values, nfe=nfe, steps=len(sigmas) - 1, device=device)
     t_log = time.perf_counter()
@@ -394,10 +404,14 @@ class SweepTableCallback(Callback):
 
 
 def config_path() -> str:
-    """Absolute path of the configs: the ``optsample.conf`` package data (an installed wheel, or the
-    editable checkout's conf/ mapped to that package), else the checkout's conf/."""
+    """Absolute path of the configs: the conf/ of the checkout optsample is imported from, if there is one
+    (so a second checkout or worktree on PYTHONPATH uses its own configs, not those of the checkout that
+    was pip-installed in editable mode), else the ``optsample.conf`` package data (an installed wheel)."""
     import importlib.util
 
+    checkout = Path(__file__).resolve().parent.parent / "conf"
+    if (checkout / "config.yaml").exists() and (checkout / "__init__.py").exists():
+        return str(checkout)
     try:
         spec = importlib.util.find_spec("optsample.conf")
     except ImportError:
