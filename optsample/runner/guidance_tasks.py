@@ -143,13 +143,14 @@ def _gmm_problem(dim: int, dim_y: int, seed: int, sigma_y):
 
 
 @functools.lru_cache(maxsize=4)
-def _gmm_reference(dim: int, dim_y: int, seed: int, sigma_y, n: int):
-    """Two exact posterior sample sets (reference, and another for the floor) and the floor itself."""
+def _gmm_reference(dim: int, dim_y: int, seed: int, sigma_y, n: int, n_samples: int):
+    """n exact posterior samples (the reference) and the floor: the distance from another exact set of the
+    run's size n_samples (so the ratio compares like with like)."""
     from ..metrics.analytic import sliced_wasserstein_distance
 
     problem = _gmm_problem(dim, dim_y, seed, sigma_y)
     reference = problem.sample_posterior(n, generator=torch.Generator().manual_seed(seed + 1))
-    other = problem.sample_posterior(n, generator=torch.Generator().manual_seed(seed + 2))
+    other = problem.sample_posterior(n_samples, generator=torch.Generator().manual_seed(seed + 2))
     floor = sliced_wasserstein_distance(other, reference, generator=torch.Generator().manual_seed(0))
     return reference, floor
 
@@ -183,8 +184,9 @@ def task_metrics(prepared: PreparedTask | None, samples: torch.Tensor) -> dict[s
     from ..metrics.analytic import sliced_wasserstein_distance
 
     task, problem = prepared.cfg, prepared.problem
-    reference, floor = _gmm_reference(task["dim"], task["dim_y"], task["problem_seed"], task["sigma_y"], task["n_reference"])
     samples = samples.detach().double().cpu()
+    reference, floor = _gmm_reference(task["dim"], task["dim_y"], task["problem_seed"], task["sigma_y"],
+                                      task["n_reference"], samples.shape[0])
     if not bool(torch.isfinite(samples).all()):
         return {"sw": math.inf, "sw_floor": floor, "sw_ratio": math.inf}
     sw = sliced_wasserstein_distance(samples, reference, generator=torch.Generator().manual_seed(0))
