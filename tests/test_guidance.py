@@ -10,7 +10,7 @@ import torch
 import optsample
 from optsample import schedules
 from optsample.guidance import (
-    ClassifierLoss, GMMInverse, LikelihoodScore, Loss, MeasurementLoss, available_rules, guided,
+    ClassifierLoss, DecodedLoss, GMMInverse, LikelihoodScore, Loss, MeasurementLoss, available_rules, guided,
 )
 from optsample.metrics.analytic import sliced_wasserstein_distance
 from optsample.models import GaussianMixture
@@ -183,6 +183,43 @@ def test_rule_state_resets_per_run_and_nfe_is_counted():
     assert model.calls == 10
     carried(optsample.samplers.Denoiser(model), x, sigmas, callback=lambda info: None, noise_sampler=None)
     assert model.calls == 20
+
+
+def test_rule_state_resets_through_the_runners_dtype_wrapper():
+    """The runner wraps models in devices.InDtype for model.dtype != float32: the run start must reach the
+    guided model inside, or batch 2 would continue batch 1's Adam state (same-shape batches differ)."""
+    from optsample.devices import InDtype
+
+    problem, loss = measurement_problem()
+    model = InDtype(guided(problem.prior, loss, rule="adam", lr=0.1), F64)
+    sigmas = schedules.karras(6, 0.002, 80.0)
+    x = optsample.initial_noise(range(3), (8,), dtype=torch.float32) * sigmas[0]
+    assert torch.equal(optsample.sample("euler", model, x, sigmas), optsample.sample("euler", model, x, sigmas))
+
+
+def test_no_graph_survives_a_guided_step():
+    """D_y and the gradient are detached: nothing of the autograd graph is kept across steps."""
+    problem, loss = measurement_problem()
+    x, sigma = noised_posterior(problem, 4, 1.0)
+    out = guided(problem.prior, loss, rule="momentum")(x.requires_grad_(True), sigma)
+    assert out.grad_fn is None and not out.requires_grad
+
+
+def test_normalised_by_loss_and_decoded_loss_closed_forms():
+    """normalised 'loss': direction = g / |L| and 'sqrt_loss': g / sqrt|L| (scale_by_loss); DecodedLoss through a
+    linear decoder W: g = -W^T grad_img L = W^T (t - W x0) for L = ||W x0 - t||^2 / 2 (through x0)."""
+    problem, loss = measurement_problem()
+    x, sigma = noised_posterior(problem, 4, 0.8)
+    D = problem.prior(x, sigma)
+    _, g, value = loss.gradient(problem.prior, x, sigma)
+    for by, power in (("loss", 1.0), ("sqrt_loss", 0.5)):
+        out = guided(problem.prior, loss, rule="normalised", by=by, lr=1.0, lr_schedule="inverse_sigma2")(x, sigma)
+        assert torch.allclose(out - D, g / value.abs().pow(power)[:, None], atol=1e-12)
+    W = torch.randn(5, 8, generator=torch.Generator().manual_seed(0), dtype=F64)
+    target = torch.randn(5, generator=torch.Generator().manual_seed(1), dtype=F64)
+    decoded = DecodedLoss(lambda x0: x0 @ W.T, lambda img: 0.5 * (img - target).square().sum(1), through="x0")
+    _, g, _ = decoded.gradient(problem.prior, x, sigma)
+    assert torch.allclose(g, (target - D @ W.T) @ W, atol=1e-10)
 
 
 def test_adam_rule_matches_adam_dps_moment_estimate():
