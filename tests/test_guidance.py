@@ -170,6 +170,14 @@ def test_guided_sample_k_is_the_same_whatever_the_batch_size(rule, hparams):
     assert torch.equal(batch[3], alone[0])
 
 
+def test_exact_score_guidance_is_batch_size_invariant():
+    """Sample 3 of a batch of 7 == sample 3 alone, bitwise, guided by the exact likelihood score (d = 80, d_y = 4)."""
+    problem = GMMInverse.mcgdiff(80, 4, seed=0)
+    model = guided(problem.prior, LikelihoodScore(problem.likelihood_score))
+    batch = run(model, problem, list(range(7)), sampler="heun", n_steps=6, sigma_max=100.0)
+    assert torch.equal(batch[3], run(model, problem, [3], sampler="heun", n_steps=6, sigma_max=100.0)[0])
+
+
 def test_rule_state_resets_per_run_and_nfe_is_counted():
     """Two runs of the same guided Adam model give identical samples (state reset by sample()); NFE = steps."""
     problem, loss = measurement_problem()

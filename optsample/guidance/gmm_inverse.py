@@ -142,7 +142,9 @@ class GMMInverse:
         m = means[None] + shrink * (x[:, None, :] - means[None])  # m_k(x)
         cond_var = shrink * sigma2  # S_k(sigma) diagonal
         A = self.A.to(x.dtype)
-        cov = (A * cond_var[..., None, :]) @ A.T + self.sigma_y**2 * torch.eye(self.dim_y, dtype=x.dtype)
+        outer = (A[:, None, :] * A[None, :, :]).reshape(-1, self.dim).T  # A_yd A_zd, [d, d_y^2]
+        cov = (cond_var @ outer).reshape(*cond_var.shape[:2], self.dim_y, self.dim_y)  # A S_k A^T without [B, K, d_y, d]
+        cov = cov + self.sigma_y**2 * torch.eye(self.dim_y, dtype=x.dtype)
         log_r = self.prior.log_responsibilities(x, sigma)
         return torch.logsumexp(log_r + _gaussian_logpdf(self.y.to(x.dtype) - m @ A.T, cov), 1)
 
