@@ -37,6 +37,11 @@ def available_rules() -> list[str]:
     return sorted(_RULES)
 
 
+def rule_hparam_names(name: str) -> list[str]:
+    """The hyper-parameter names of guidance rule ``name`` ([] for an unknown name: make_rule reports it)."""
+    return list(_RULES[name][1].__dataclass_fields__) if name in _RULES else []
+
+
 def make_rule(name: str, **hparams) -> T.Rule:
     """The rule ``name`` with validated hyper-parameters (unknown names and values raise before any step)."""
     if name not in _RULES:

@@ -11,7 +11,6 @@ used. Per-step guidance schedules (``dps``, ``adam_dps``, ``mpgd``) get the run'
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from dataclasses import dataclass, field
@@ -108,8 +107,7 @@ def needs_grad(cfg: dict) -> bool:
 
 
 def _rule_hparams(gcfg: dict) -> dict:
-    _, params = guidance_rules._RULES[gcfg["rule"]] if gcfg["rule"] in guidance_rules._RULES else (None, None)
-    names = {f.name for f in dataclasses.fields(params)} if params is not None else set()
+    names = guidance_rules.rule_hparam_names(gcfg["rule"])
     return {k: gcfg[k] for k in RULE_HPARAMS if k in names}
 
 
