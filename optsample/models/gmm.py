@@ -95,6 +95,11 @@ class GaussianMixture:
         _, _, log_joint = self._posterior(x, sigma)
         return torch.softmax(log_joint, dim=1)
 
+    def log_responsibilities(self, x: torch.Tensor, sigma=0.0) -> torch.Tensor:
+        """log p(k | x) under the noised marginal, [B, K] (finite where p(k | x) underflows; differentiable)."""
+        _, _, log_joint = self._posterior(x, sigma)
+        return torch.log_softmax(log_joint, dim=1)
+
     def sample(self, n: int, generator: torch.Generator | None = None, dtype=torch.float64) -> torch.Tensor:
         """n clean samples x0, [n, D]."""
         comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)

@@ -31,6 +31,7 @@ import torch
 from . import config as C
 from . import plugins, results
 from .devices import InDtype, model_dtype, resolve_device
+from . import guidance_tasks
 
 log = logging.getLogger("optsample.runner.app")
 
@@ -132,6 +133,9 @@ def hashed_config(cfg: dict) -> dict:
     budget the step count is derived, so ``steps`` is dropped too), plus the code revision: a row written
     by another optsample version or sampler revision has another key and is not reused."""
     kept = {k: v for k, v in cfg.items() if k not in C.UNHASHED_KEYS}
+    for key in ("guidance", "task"):  # unguided runs keep the hashes they had before these groups existed
+        if (kept.get(key) or {}).get("name", "none") == "none":
+            kept.pop(key, None)
     if kept.get("nfe") is not None or kept.get("schedule", {}).get("name") == "custom":
         kept["steps"] = None
     kept["code"] = code_revision(cfg["sampler"]["name"])
@@ -156,6 +160,10 @@ def plan_run(cfg: dict, *, job_num: int = 0) -> RunPlan:
     for key in ("n_samples", "batch_size"):
         _require(cfg[key] >= 1, f"{key} must be >= 1, got {cfg[key]}")
     _check_metric_names(cfg["metric"]["names"])
+    try:
+        guidance_tasks.check(cfg)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"guidance/task: {err}") from None
     try:
         dtype = model_dtype(cfg["model"]["dtype"])
         resolve_device(cfg["device"], job_num)
@@ -368,12 +376,14 @@ def execute(cfg: dict, *, job_num: int = 0, run_dir: str | None = None) -> dict:
     t_build = time.perf_counter()
     built = build_model(cfg["model"], device, plan.dtype)
     sigmas = resolve_schedule(plan, built)
+    built, task = guidance_tasks.prepare(cfg, built, sigmas, plan.hparams)
     build_s = time.perf_counter() - t_build
-    with torch.inference_mode():
+    with torch.no_grad() if guidance_tasks.needs_grad(cfg) else torch.inference_mode():  # guidance takes gradients
         samples, x_start, nfe, sample_s, trajectory = generate(plan, built, sigmas, device)
         t_score = time.perf_counter()
         images = built.decode(samples) if built.decode is not None else samples
         metric_values = score(plan, built, images, x_start, sigmas, device)
+        metric_values.update(guidance_tasks.task_metrics(task, samples))
         score_s = time.perf_counter() - t_score
     row = make_row(plan, metric_values, nfe=nfe, steps=len(sigmas) - 1, device=device)
     t_log = time.perf_counter()

@@ -175,6 +175,8 @@ class RunConfig:
     schedule: Any = MISSING
     metric: MetricConfig = MISSING
     logger: Any = MISSING
+    guidance: Any = MISSING  # optsample/runner/guidance_tasks.py: none | exact | dps | adam_dps | mpgd | rules
+    task: Any = MISSING  # none | gmm_inverse (brings its own model and metrics)
     name: str = "default"  # experiment name: runs/<name>, the W&B group
     project: str = "optsample"  # W&B project
     steps: Optional[int] = 10
@@ -216,6 +218,9 @@ def register_configs() -> None:
         cs.store(group="metric", name=name, node=MetricConfig(names=list(names)))
     for name, node in LOGGER_PRESETS.items():
         cs.store(group="logger", name=name, node=node(name=name) if node is LoggerConfig else node)
+    from . import guidance_tasks
+
+    guidance_tasks.register_configs(cs)
 
 
 # Model families beyond the analytic ones (optsample/zoo/, optsample/integrations/, users' packages) come in

@@ -71,3 +71,9 @@ class InDtype:
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, **extra) -> torch.Tensor:
         return self.inner(x.to(self.dtype), sigma, **extra).to(x.dtype)
+
+    def start_run(self, denoiser=None) -> None:
+        """Pass the start of a sampling run on to a stateful model (a guided denoiser resets its rule state)."""
+        start = getattr(self.inner, "start_run", None)
+        if start is not None:
+            start(denoiser)

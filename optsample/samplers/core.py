@@ -403,6 +403,9 @@ def sample(
     denoiser = model if isinstance(model, Denoiser) else Denoiser(model, extra_args)
     if isinstance(model, Denoiser) and extra_args:
         raise ValueError("pass extra_args to the Denoiser, not to sample(), when giving a Denoiser")
+    start_run = getattr(denoiser.inner, "start_run", None)
+    if start_run is not None:  # a stateful model (a guided denoiser) starts a new run: its rule state resets
+        start_run(denoiser)
     bar = None
     if progress:
         from tqdm.auto import tqdm

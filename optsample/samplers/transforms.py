@@ -27,6 +27,7 @@ class StepInfo(NamedTuple):
     ``i``: running step count (restarts included); ``index``: position in the sigma array;
     ``n_steps``: ``len(sigmas) - 1``; ``sigma``: the noise level stepped from (after churn);
     ``x``: the iterate stepped from; ``denoised``, ``grad``: the model's estimate and the raw d.
+    ``loss``: per-sample loss values [B] when the gradient is a loss's (guidance), else None.
     """
 
     i: int
@@ -37,6 +38,7 @@ class StepInfo(NamedTuple):
     x: torch.Tensor
     denoised: torch.Tensor
     grad: torch.Tensor
+    loss: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,17 @@ def nesterov(beta: float, lookahead_sigma: str) -> Rule:
     return Rule(_no_state, heavy_ball(beta).update, evaluate_at)
 
 
+def nesterov_trace(beta: float) -> Rule:
+    """Nesterov momentum without a look-ahead evaluation: vel = ema(vel, grad), direction = beta vel +
+    (1 - beta) grad (optax ``trace(nesterov=True)``, optax/_src/transform.py, in EMA form; Dozat 2016, NAdam)."""
+
+    def update(grad, vel, info):
+        vel = ema(vel, grad, beta)
+        return ema(vel, grad, beta), vel
+
+    return Rule(_no_state, update)
+
+
 # Generalised heavy-ball / Adams-Bashforth weights: weight_j = (c_j + e_j b) / (den b) on the j-th most
 # recent value (Wizadwongsa et al. 2024, eq. 14; momentum_scheduler.py ``AdamBmixer``); b = 1 gives the
 # Adams-Bashforth weights 1; 3/2,-1/2; 23,-16,5 /12; 55,-59,37,-9 /24 (PNDM, Liu et al. 2022, eq. 12).
@@ -244,6 +257,20 @@ def scale_by_lion(beta1: float, beta2: float) -> Rule:
         return torch.sign(m * beta1 + grad * (1 - beta1)), m * beta2 + grad * (1 - beta2)
 
     return Rule(torch.zeros_like, update)
+
+
+def scale_by_loss(power: float) -> Rule:
+    """direction / |loss|^power per sample (``info.loss``, [B]); 0 where the loss is 0. power 1 with the loss
+    ||y - A x0_hat|| is AdamDPS's DPS baseline (christianbelardi/adam-guidance ``methods/dps.py``); power 0.5 on
+    ||y - A x0_hat||^2 is DPS's zeta' / ||y - A x0_hat|| (Chung et al. 2023, Alg. 1)."""
+
+    def scale(direction, info):
+        if info.loss is None:
+            raise ValueError("scale_by_loss needs the per-sample loss values (a Loss objective), got none")
+        den = info.loss.abs().pow(power).reshape((-1,) + (1,) * (direction.ndim - 1)).to(direction.dtype)
+        return safe_divide(direction, den)
+
+    return stateless(scale)
 
 
 def rescaled(mode: str) -> Rule:

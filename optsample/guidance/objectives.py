@@ -1,0 +1,169 @@
+"""Guidance objectives: what the guidance gradient g is, given the model, x and sigma.
+
+Every objective's :meth:`gradient` returns ``(denoised, g, loss)``: the model's estimate D(x, sigma)
+(detached), g the *ascent* direction of log p(y | x_sigma) (minus a loss gradient) and the per-sample
+loss [B] (None for a likelihood score). No autograd graph survives the call.
+
+* :class:`LikelihoodScore` ``fn(x, sigma) -> grad_x log p(y | x_sigma)`` given directly (exact on the
+  Gaussian-mixture testbed, :mod:`.gmm_inverse`).
+* :class:`Loss` ``fn(x0_hat, **cond) -> [B]``; ``through="denoiser"``: g = -grad_x fn(D(x)) through the network
+  (DPS, Chung et al. 2023; UGD forward, Bansal et al. 2023; FreeDoM, Yu et al. 2023; AdamDPS, Belardi et al.
+  2026); ``through="x0"``: g = -grad_{x0_hat} fn(x0_hat), no backpropagation through the network (MPGD,
+  He et al. 2024, Alg. 1).
+* Ready losses: :class:`MeasurementLoss`, :class:`ClassifierLoss`, :class:`DecodedLoss`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+
+class LikelihoodScore:
+    """g = fn(x, sigma) = grad_x log p(y | x_sigma), given in closed form (no network gradient)."""
+
+    needs_model_grad = False
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+
+    def gradient(self, model, x, sigma, **extra):
+        with torch.no_grad():
+            denoised = model(x, sigma, **extra)
+        g = self.fn(x, sigma)
+        if g.shape != x.shape:
+            raise ValueError(f"LikelihoodScore fn returned shape {tuple(g.shape)}, expected x's {tuple(x.shape)}")
+        return denoised.detach(), g.detach().to(x.dtype), None
+
+
+THROUGH = ("denoiser", "x0")
+
+
+class Loss:
+    """A loss of the denoised estimate, ``fn(x0_hat, **cond) -> [B]`` (one value per sample), minimised.
+
+    ``through="denoiser"`` differentiates through the model (a vector-Jacobian product per step);
+    ``through="x0"`` differentiates only the loss at x0_hat (backprop-free, MPGD).
+    """
+
+    def __init__(self, fn: Callable, through: str = "denoiser", **cond):
+        if through not in THROUGH:
+            raise ValueError(f"through must be one of {list(THROUGH)}, got {through!r}")
+        self.fn, self.through, self.cond = fn, through, cond
+
+    @property
+    def needs_model_grad(self) -> bool:
+        return self.through == "denoiser"
+
+    def loss(self, x0_hat: torch.Tensor) -> torch.Tensor:
+        value = self.fn(x0_hat, **self.cond)
+        if not isinstance(value, torch.Tensor) or value.shape != (x0_hat.shape[0],):
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"the loss must return one value per sample, shape ({x0_hat.shape[0]},), got {shape}")
+        return value
+
+    def gradient(self, model, x, sigma, **extra):
+        if self.through == "x0":
+            with torch.no_grad():
+                denoised = model(x, sigma, **extra)
+            with torch.enable_grad():
+                x0 = denoised.detach().requires_grad_(True)
+                value = self.loss(x0)
+                (grad,) = torch.autograd.grad(value.sum(), x0)
+            return denoised.detach(), -grad.detach(), value.detach()
+        with torch.enable_grad():
+            x_in = x.detach().requires_grad_(True)
+            denoised = model(x_in, sigma, **extra)
+            if not denoised.requires_grad:
+                raise TypeError(
+                    "Loss(through='denoiser') needs a model differentiable in x, but its output has no gradient "
+                    "(run under torch.no_grad or detached?); use through='x0' for a backprop-free step"
+                )
+            value = self.loss(denoised)
+            (grad,) = torch.autograd.grad(value.sum(), x_in)
+        return denoised.detach(), -grad.detach(), value.detach()
+
+
+def as_operator(operator) -> Callable:
+    """A callable A(x0) from a callable or a [d_y, d] matrix applied to flattened x0 as sum_j A_ij x0_j per
+    sample (products then a per-row sum, not a matmul: BLAS picks gemv for one row and gemm for many, which
+    round differently, and sample k must not depend on the batch size)."""
+    if callable(operator):
+        return operator
+    matrix = torch.as_tensor(operator)
+    if matrix.ndim != 2:
+        raise ValueError(f"operator must be a callable or a [d_y, d] matrix, got shape {tuple(matrix.shape)}")
+
+    def apply(x0):
+        flat = x0.flatten(1)
+        if flat.shape[1] != matrix.shape[1]:
+            raise ValueError(f"operator has {matrix.shape[1]} columns but x has {flat.shape[1]} features")
+        return (flat[:, None, :] * matrix.to(flat.dtype)[None]).sum(-1)
+
+    return apply
+
+
+NORMS = ("l2", "squared")
+
+
+def measurement_residual_norm(y, prediction, norm: str, sigma_y: float) -> torch.Tensor:
+    """Per-sample ||y - A x0|| (``l2``, DPS2022 ``condition_methods.py`` per sample) or ||y - A x0||^2 /
+    (2 sigma_y^2) (``squared``: the Gaussian negative log-likelihood, DPS's approximation, Chung et al. 2023 eq. 10)."""
+    if prediction.shape[1:] != y.shape[1:] or y.shape[0] not in (1, prediction.shape[0]):
+        raise ValueError(f"y has shape {tuple(y.shape)} but operator(x0_hat) has shape {tuple(prediction.shape)}")
+    residual = (y.to(prediction.dtype) - prediction).flatten(1)
+    if norm == "l2":
+        return residual.norm(dim=1)
+    return residual.square().sum(1) / (2 * sigma_y**2)
+
+
+class MeasurementLoss(Loss):
+    """||y - A(x0_hat)|| (``norm="l2"``) or ||y - A(x0_hat)||^2 / (2 sigma_y^2) (``norm="squared"``).
+
+    ``y``: [B, *m] (one measurement per sample) or [1, *m] / [*m] (shared); ``operator``: a callable or a
+    [d_y, d] matrix. ``sigma_y`` >= 0, and > 0 for the squared norm.
+    """
+
+    def __init__(self, operator, y, sigma_y: float = 0.0, norm: str = "l2", through: str = "denoiser"):
+        if not sigma_y >= 0:
+            raise ValueError(f"sigma_y must be >= 0, got {sigma_y}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {list(NORMS)}, got {norm!r}")
+        if norm == "squared" and sigma_y == 0:
+            raise ValueError("sigma_y must be > 0 for norm='squared' (it divides the squared residual), got 0")
+        self.operator, self.sigma_y, self.norm = as_operator(operator), float(sigma_y), norm
+        y = torch.as_tensor(y)
+        self.y = y if y.ndim >= 2 else y[None]
+        super().__init__(self._value, through=through)
+
+    def _value(self, x0_hat):
+        return measurement_residual_norm(self.y.to(x0_hat.device), self.operator(x0_hat), self.norm, self.sigma_y)
+
+
+class ClassifierLoss(Loss):
+    """-log p_phi(c | x0_hat) = cross-entropy of ``classifier(x0_hat) -> logits [B, C]`` at ``labels`` [B]
+    (classifier guidance on the denoised estimate: UGD forward / AdamCG, ``methods/adam_cg.py``)."""
+
+    def __init__(self, classifier: Callable, labels, through: str = "denoiser"):
+        self.classifier, self.labels = classifier, torch.as_tensor(labels).long()
+        super().__init__(self._value, through=through)
+
+    def _value(self, x0_hat):
+        logits = self.classifier(x0_hat)
+        labels = self.labels.to(logits.device)
+        if labels.shape != (x0_hat.shape[0],):
+            raise ValueError(f"labels must have shape ({x0_hat.shape[0]},), got {tuple(labels.shape)}")
+        return torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+
+
+class DecodedLoss(Loss):
+    """``fn(decoder(x0_hat)) -> [B]``: a loss on decoded images for latent models, through the VAE decoder
+    (the fast.ai Stable Diffusion deep dive's colour loss is ``fn = lambda img: (img[:, 2] - 0.9).abs().mean((1, 2))``)."""
+
+    def __init__(self, decoder: Callable, fn: Callable, through: str = "denoiser"):
+        self.decoder, self.image_loss = decoder, fn
+        super().__init__(self._value, through=through)
+
+    def _value(self, x0_hat):
+        return self.image_loss(self.decoder(x0_hat))
