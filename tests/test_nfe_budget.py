@@ -14,8 +14,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import optsample
-from optsample import config as C
-from optsample import run as R
+from optsample.runner import config as C
+from optsample.runner import app as R
 from optsample.models import DenoiserAsDiscreteEps, DiscreteVPDenoiser, GaussianMixture
 from optsample.samplers import BudgetError, measure_nfe, steps_for_nfe
 

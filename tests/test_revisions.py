@@ -12,9 +12,9 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import optsample
-from optsample import config as C
+from optsample.runner import config as C
 from optsample.runner import report, results
-from optsample import run as R
+from optsample.runner import app as R
 from optsample.samplers import registry
 
 
