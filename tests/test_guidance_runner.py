@@ -9,8 +9,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import optsample
-from optsample import config as C
-from optsample import run as R
+from optsample.runner import config as C
+from optsample.runner import app as R
 
 BASE = ["logger=none", "metric=none", "progress=false", "task=gmm_inverse", "schedule.sigma_max=1000"]
 
