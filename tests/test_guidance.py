@@ -316,5 +316,5 @@ def test_non_finite_guidance_gradient_names_step_and_sigma():
         return torch.full_like(x, math.nan) if abs(float(sigma[0]) - bad_sigma) < 1e-12 else torch.zeros_like(x)
 
     x = optsample.initial_noise(range(2), (8,), dtype=F64) * sigmas[0]
-    with pytest.raises(NonFiniteError, match=rf"guidance gradient is non-finite at step 3, evaluation 3 \(sigma={bad_sigma:.6g}\)"):
+    with pytest.raises(NonFiniteError, match=rf"guidance gradient is non-finite at step 3 \(sigma={bad_sigma:.6g}, NFE 4\)"):
         optsample.sample("euler", guided(problem.prior, LikelihoodScore(score)), x, sigmas)

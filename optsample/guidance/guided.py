@@ -79,6 +79,7 @@ class GuidedDenoiser:
     def reset(self) -> None:
         """Forget the rule state: the next call starts a new run."""
         self.state, self.shape, self.calls, self.denoiser = None, None, 0, None
+        self.non_finite_reason = None  # read by the sampler's Denoiser when it reports a non-finite output
 
     def start_run(self, denoiser=None) -> None:
         """Called by :func:`optsample.sample` before a run; ``denoiser`` gives the step index for errors."""
@@ -117,22 +118,29 @@ class GuidedDenoiser:
         if self.shape != tuple(x.shape):
             self.state, self.shape = self.rule.init(x), tuple(x.shape)
         denoised, g, loss = self.objective.gradient(self.model, x, sigma, **extra)
-        self._check_finite(g, sigma)
+        finite = self._check_finite(g, sigma)
         grad_scale, shift = self.coefficients(sigma)
         g = g * _column(grad_scale, x) if self.lr_schedule in ("dps", "adam_dps") else g
         info = T.StepInfo(self.calls, self.calls, 0, float(sigma[0]), math.nan, x, denoised, g, loss)
         direction, self.state = self.rule.update(g, self.state, info)
         self.calls += 1
-        return denoised + _column(shift, x) * direction
+        out = denoised + _column(shift, x) * direction
+        return out if finite is None else torch.where(_column(finite, x).bool(), out, math.nan)
 
-    def _check_finite(self, g: torch.Tensor, sigma: torch.Tensor) -> None:
+    def _check_finite(self, g: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor | None:
+        """None if g is finite. Inside :func:`optsample.sample` a non-finite g makes those samples' output NaN and
+        names itself as the reason, so the sampler's Denoiser raises naming the step the evaluation belongs to
+        (known only at its next event: a corrector evaluation is its step's); alone, it raises here."""
         low, high = torch.aminmax(g)
         if math.isfinite(float(low) + float(high)):
-            return
-        bad = (~torch.isfinite(g)).flatten(1).any(1).nonzero().flatten().tolist()
-        where = f"step {self.denoiser.step}, " if self.denoiser is not None else ""
+            return None
+        finite = torch.isfinite(g).flatten(1).all(1)
+        if self.denoiser is not None and self.denoiser.check_finite:
+            self.non_finite_reason = self.non_finite_reason or "guidance gradient is non-finite"
+            return finite
+        bad = (~finite).nonzero().flatten().tolist()
         raise NonFiniteError(
-            f"guidance gradient is non-finite at {where}evaluation {self.calls} (sigma={float(sigma[0]):.6g}) "
+            f"guidance gradient is non-finite at evaluation {self.calls} (sigma={float(sigma[0]):.6g}) "
             f"for batch item(s) {bad[:10]}"
         )
 

@@ -134,10 +134,9 @@ class Denoiser:
         self._bad = self._latest = None
         self._pending = []
         bad = (~finite).nonzero().flatten().tolist()
-        raise NonFiniteError(
-            f"model returned non-finite values at step {step} (sigma={float(sigma[0]):.6g}, "
-            f"NFE {nfe}) for batch item(s) {bad[:10]}"
-        )
+        # a model may say why its output is not finite (a guided denoiser: its guidance gradient was not)
+        what = getattr(self.inner, "non_finite_reason", None) or "model returned non-finite values"
+        raise NonFiniteError(f"{what} at step {step} (sigma={float(sigma[0]):.6g}, NFE {nfe}) for batch item(s) {bad[:10]}")
 
 
 def check_model_output(denoised, x: torch.Tensor) -> None:
