@@ -83,14 +83,14 @@ def sampler_hparams(sampler_cfg: dict) -> dict:
 # ----------------------------------------------------------------------------------------------
 # Schedules: generated from the schedule functions' signatures.
 
-SCHEDULE_SKIP = ("n", "device")  # given by the runner
+SCHEDULE_SKIP = ("n", "device", "expect")  # given by the runner (expect: the run's model and sampler, for learned)
 
 
 def schedule_parameters(name: str) -> list[inspect.Parameter]:
     """The user-settable parameters of schedule ``name`` (``n``/``device`` excluded)."""
     from . import schedules
 
-    fn = getattr(schedules, name)
+    fn = schedules.function(name)
     return [p for p in inspect.signature(fn).parameters.values() if p.name not in SCHEDULE_SKIP]
 
 
@@ -99,7 +99,7 @@ def schedule_config(name: str) -> type:
     scalar/list type are required (``???``); non-config arguments (tensors) come from the model."""
     from . import schedules
 
-    hints = typing.get_type_hints(getattr(schedules, name))
+    hints = typing.get_type_hints(schedules.function(name))
     fields = [("name", str, field(default=name))]
     for p in schedule_parameters(name):
         kind = plain_type(hints.get(p.name, Any))

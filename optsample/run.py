@@ -68,7 +68,7 @@ def _resolve_steps(cfg: dict, hparams: dict) -> int | None:
         _require(cfg["nfe"] >= 1, f"nfe must be >= 1, got {cfg['nfe']}")
         return steps_for_nfe(cfg["sampler"]["name"], cfg["nfe"], **hparams)
     if cfg["steps"] is None:
-        _require(cfg["schedule"]["name"] == "custom", "give steps=<int> or nfe=<int>")
+        _require(cfg["schedule"]["name"] in ("custom", "learned"), "give steps=<int> or nfe=<int>")
         return None
     _require(cfg["steps"] >= 1, f"steps must be >= 1, got {cfg['steps']}")
     return cfg["steps"]
@@ -106,7 +106,10 @@ def plan_run(cfg: dict, *, job_num: int = 0) -> RunPlan:
     sigmas = None
     if cfg["schedule"]["name"] != "discrete":  # discrete needs the model's alphas_cumprod: checked in build
         sigmas = _make_sigmas(cfg, steps, {})
-    key = results.config_hash(hashed_config(cfg))
+    hashed = hashed_config(cfg)
+    if cfg["schedule"]["name"] == "learned":  # a re-learned file at the same path is a different run
+        hashed["learned_sigmas"] = sigmas.tolist()
+    key = results.config_hash(hashed)
     return RunPlan(cfg, key, steps, sigmas, hparams, dtype, Path(_absolute(cfg["results_dir"])))
 
 
@@ -122,6 +125,9 @@ def _check_metric_names(names: list[str]) -> None:
 def _make_sigmas(cfg: dict, steps: int | None, schedule_args: dict) -> torch.Tensor:
     from . import schedules
 
+    if cfg["schedule"]["name"] == "learned":  # the file's provenance is checked against this run's (learned_schedules.files)
+        expect = {"model": cfg["model"]["name"], "sampler": cfg["sampler"]["name"], "hparams": C.sampler_hparams(cfg["sampler"])}
+        schedule_args = {**schedule_args, "expect": expect}
     try:
         return schedules.get(cfg["schedule"]["name"], steps, **C.schedule_params(cfg["schedule"]), **schedule_args)
     except (TypeError, ValueError) as err:
@@ -393,9 +399,10 @@ class SweepTableCallback(Callback):
             _warn("sweep table", err)
 
 
-def config_path() -> str:
+def config_path(primary: str = "config") -> str:
     """Absolute path of the configs: the ``optsample.conf`` package data (an installed wheel, or the
-    editable checkout's conf/ mapped to that package), else the checkout's conf/."""
+    editable checkout's conf/ mapped to that package), else the checkout's conf/; the first that holds
+    ``<primary>.yaml`` (``schedule`` for optsample-schedule)."""
     import importlib.util
 
     try:
@@ -405,7 +412,7 @@ def config_path() -> str:
     candidates = list(spec.submodule_search_locations or []) if spec is not None else []
     candidates.append(str(Path(__file__).resolve().parent.parent / "conf"))
     for folder in candidates:
-        if (Path(folder) / "config.yaml").exists():
+        if (Path(folder) / f"{primary}.yaml").exists():
             return str(Path(folder).resolve())
     raise FileNotFoundError(f"optsample's configs are missing: looked in {candidates}")
 

@@ -253,3 +253,94 @@ def test_bad_budgets_options_and_teachers_fail_before_any_student_sampling():
 
     with pytest.raises(TeacherError, match="teacher 'exact_ode' .* did not converge"), pytest.warns(RuntimeWarning):
         learn(diverging, "euler", 4, (4,), options={"grid_size": 8})
+
+
+# ----------------------------------------------------------------------------------------------
+# The apps: optsample-schedule writes the file, optsample-run / as_scheduler / a k-diffusion loop run it.
+
+
+def _schedule_app(tmp_path, *overrides):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from optsample import run as R
+    from optsample.runner import schedule_app
+
+    schedule_app.register_configs()
+    with initialize_config_dir(config_dir=R.config_path("schedule"), version_base="1.3"):
+        cfg = compose("schedule", overrides=[f"out={tmp_path / 'learned.json'}", *overrides])
+    return schedule_app.execute(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
+
+
+def _run(*overrides):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from optsample import config as C
+    from optsample import run as R
+
+    C.register_configs()
+    with initialize_config_dir(config_dir=R.config_path(), version_base="1.3"):
+        cfg = compose("config", overrides=["logger=none", "progress=false", *overrides])
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_optsample_schedule_then_optsample_run_end_to_end(tmp_path):
+    """optsample-schedule model=gmm2d sampler=dpmpp_2m nfe=4 method=dp writes a 4-step file whose provenance
+    names the model, sampler, NFE, method, teacher and the tuning seeds (1 << 32) + k; optsample-run with
+    schedule=learned runs exactly those sigmas at NFE 4 on seed 2, and refuses the file for euler by name."""
+    from optsample import run as R
+
+    written = _schedule_app(tmp_path, "model=gmm2d", "sampler=dpmpp_2m", "nfe=4", "method=dp", "n_samples=16",
+                            "dp.grid_size=10")
+    prov = written.provenance
+    assert (prov["model"]["name"], prov["sampler"]["name"], prov["nfe"], prov["steps"]) == ("gmm2d", "dpmpp_2m", 4, 4)
+    assert prov["method"] == "dp" and prov["teacher"]["name"] == "exact_ode" and prov["seeds"][0] == 1 << 32
+    assert prov["loss"]["rmse"] <= prov["loss"]["rmse_karras_default"]  # holds here (not in general)
+    cfg = _run("model=gmm2d", "sampler=dpmpp_2m", "nfe=4", "schedule=learned", f"schedule.path={written.path}",
+               "seed=2", "n_samples=32", "batch_size=32", "metric.names=[rmse]", f"results_dir={tmp_path / 'runs'}")
+    plan = R.plan_run(cfg)
+    assert torch.equal(plan.sigmas, written.sigmas) and plan.steps == 4
+    row = R.execute(cfg)
+    assert row["nfe"] == 4 and row["steps"] == 4 and row["metric.rmse"] > 0
+    with pytest.raises(R.ConfigError, match="learned for sampler 'dpmpp_2m', not 'euler'"):
+        R.plan_run({**cfg, "sampler": {"name": "euler", "s_churn": 0.0, "s_tmin": 0.0, "s_tmax": float("inf"),
+                                       "s_noise": 1.0}})
+    with pytest.raises(R.ConfigError, match="n = 10 steps but schedule file"):
+        R.plan_run({**cfg, "nfe": None, "steps": 10})
+
+
+def test_schedule_app_checks_before_building(tmp_path):
+    from optsample import run as R
+
+    with pytest.raises(R.ConfigError, match="method must be one of"):
+        _schedule_app(tmp_path, "model=gmm2d", "method=optuna")
+    with pytest.raises(Exception, match="nfe=2 gives sampler 'heun' 1 step"):
+        _schedule_app(tmp_path, "model=gmm2d", "sampler=heun", "nfe=2")
+    assert not (tmp_path / "learned.json").exists()
+
+
+def test_learned_file_runs_in_as_scheduler_and_a_k_diffusion_loop(tmp_path):
+    """The file's sigmas are plain k-diffusion sigmas: k-diffusion's ``sample_euler`` loop (transcribed:
+    d = (x - denoised) / sigma; x = x + d * (sigma_next - sigma)) on them equals optsample's euler to 1e-12;
+    as_scheduler builds the same schedule from schedule='learned' and from set_timesteps(sigmas=...)."""
+    from optsample.diffusers_scheduler import as_scheduler
+    from optsample.learned_schedules import files
+
+    saved, _ = _learned(tmp_path)
+    gmm = GaussianMixture.random(dim=4, components=3, seed=0)
+    x = optsample.initial_noise(range(6), (4,), dtype=F64) * saved.sigmas[0]
+    sigmas = files.load(saved.path).sigmas
+    k_x = x.clone()
+    for i in range(len(sigmas) - 1):
+        denoised = gmm(k_x, sigmas[i] * k_x.new_ones([k_x.shape[0]]))
+        d = (k_x - denoised) / sigmas[i]
+        k_x = k_x + d * (sigmas[i + 1] - sigmas[i])
+    assert torch.allclose(optsample.sample("euler", gmm, x, sigmas), k_x, rtol=0, atol=1e-12)
+    scheduler = as_scheduler("euler", schedule="learned", schedule_kwargs={"path": saved.path})
+    scheduler.set_timesteps(3)
+    assert torch.allclose(scheduler.schedule_sigmas.to(F64), sigmas, rtol=1e-12)
+    scheduler.set_timesteps(sigmas=sigmas)
+    assert torch.allclose(scheduler.schedule_sigmas.to(F64), sigmas, rtol=1e-12)
+    with pytest.raises(files.ProvenanceMismatch, match="sampler 'euler', not 'heun'"):
+        as_scheduler("heun", schedule="learned", schedule_kwargs={"path": saved.path}).set_timesteps(3)

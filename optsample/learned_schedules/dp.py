@@ -47,6 +47,9 @@ def check_budget(n_steps: int, grid: torch.Tensor) -> None:
 
 
 def _run(sampler, model, x, sigmas, hparams, seeds) -> torch.Tensor:
+    # Per-sample noise streams only for stochastic samplers: building one generator per sample costs more
+    # than a gmm64 step, and deterministic samplers never draw noise.
+    seeds = seeds if samplers.get(sampler).stochastic else None
     with torch.no_grad():
         return samplers.sample(sampler, model, x, sigmas, seeds=seeds, **hparams).to(torch.float64)
 
