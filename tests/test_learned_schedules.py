@@ -315,7 +315,7 @@ def test_schedule_app_checks_before_building(tmp_path):
 
     with pytest.raises(R.ConfigError, match="method must be one of"):
         _schedule_app(tmp_path, "model=gmm2d", "method=optuna")
-    with pytest.raises(Exception, match="nfe=2 gives sampler 'heun' 1 step"):
+    with pytest.raises(R.ConfigError, match="nfe=2 gives sampler .heun. 1 step"):
         _schedule_app(tmp_path, "model=gmm2d", "sampler=heun", "nfe=2")
     assert not (tmp_path / "learned.json").exists()
 
@@ -344,3 +344,31 @@ def test_learned_file_runs_in_as_scheduler_and_a_k_diffusion_loop(tmp_path):
     assert torch.allclose(scheduler.schedule_sigmas.to(F64), sigmas, rtol=1e-12)
     with pytest.raises(files.ProvenanceMismatch, match="sampler 'euler', not 'heun'"):
         as_scheduler("heun", schedule="learned", schedule_kwargs={"path": saved.path}).set_timesteps(3)
+
+
+def test_hyper_parameters_compare_with_defaults_filled_in(tmp_path):
+    """A file learned with hparams {} matches a run that spells out euler's defaults (the runner's config
+    does), and not one with s_churn = 1."""
+    from optsample.learned_schedules import files
+
+    saved, _ = _learned(tmp_path)
+    defaults = {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": float("inf"), "s_noise": 1.0}
+    assert files.check_provenance(saved, sampler="euler", hparams=defaults) == []
+    with pytest.raises(files.ProvenanceMismatch, match="hyper-parameters"):
+        files.check_provenance(saved, sampler="euler", hparams={**defaults, "s_churn": 1.0})
+
+
+def test_solver_teacher_converges_on_a_single_gaussian():
+    """SolverTeacher (iPNDM, 8 and 16 sub-steps) on N(mu, diag(v)) matches the closed form
+    x(sigma) = mu + sqrt((v + sigma^2) / (v + sigma_0^2)) (x_0 - mu) (tests/test_reference.py) to 1e-3
+    relative at every requested sigma, the last one 0."""
+    from optsample.learned_schedules.problem import SolverTeacher
+
+    mu, std = torch.tensor([1.0, -2.0], dtype=F64), torch.tensor([0.5, 1.5], dtype=F64)
+    gaussian = GaussianMixture(mu[None], std[None])
+    x = optsample.initial_noise(range(5), (2,), dtype=F64) * 80.0
+    sigmas = [80.0, 10.0, 1.0, 0.1, 0.0]
+    states = SolverTeacher(substeps=8).states(gaussian, x, sigmas)
+    for k, sigma in enumerate(sigmas):
+        exact = mu + ((std**2 + sigma**2) / (std**2 + 80.0**2)).sqrt() * (x - mu)
+        assert float((states[k] - exact).norm() / exact.norm()) < 1e-3

@@ -14,6 +14,7 @@ Importing this module registers the schedule ``learned`` in :mod:`optsample.sche
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from .. import schedules
+from .. import samplers, schedules
 
 FORMAT = "optsample.schedule/1"
 REQUIRED_PROVENANCE = ("model", "sampler", "nfe", "steps", "method", "teacher", "seeds", "loss")
@@ -124,6 +125,14 @@ def load(path) -> ScheduleFile:
     return ScheduleFile(sigmas, provenance, path)
 
 
+def _complete(sampler: str, hparams: dict) -> dict:
+    """Hyper-parameters with the sampler's defaults filled in ({} and the full default dict compare equal)."""
+    try:
+        return dataclasses.asdict(samplers.get(sampler).make_params(**hparams))
+    except (KeyError, TypeError, ValueError):
+        return dict(hparams)
+
+
 def _name_of(node) -> str | None:
     return node.get("name") if isinstance(node, dict) else node
 
@@ -143,8 +152,9 @@ def check_provenance(schedule: ScheduleFile, *, model=None, sampler=None, hparam
     if sampler is not None and _name_of(learned_for["sampler"]) != _name_of(sampler):
         problems.append(f"sampler {_name_of(learned_for['sampler'])!r}, not {_name_of(sampler)!r}")
     elif hparams is not None:
-        learned_hparams = (learned_for["sampler"] or {}).get("hparams", {}) if isinstance(learned_for["sampler"], dict) else {}
-        if dict(learned_hparams) != dict(hparams):
+        name = _name_of(learned_for["sampler"])
+        learned_hparams = learned_for["sampler"].get("hparams", {}) if isinstance(learned_for["sampler"], dict) else {}
+        if _complete(name, learned_hparams) != _complete(name, hparams):
             problems.append(f"sampler hyper-parameters {learned_hparams}, not {dict(hparams)}")
     if problems:
         message = f"schedule file {schedule.path} was learned for " + "; ".join(problems)

@@ -135,11 +135,15 @@ class SolverTeacher:
 
     def _solve(self, model, x, sigmas, substeps):
         fine, where = self._refine(sigmas, substeps)
-        seen = []
-        out = samplers.sample(self.sampler, model, x, fine, callback=lambda info: seen.append(info["x"]),
-                              seeds=range(x.shape[0]))
-        states = seen + [out]
-        return torch.stack([states[k].to(F64) for k in where])
+        wanted, seen = set(where), {}
+
+        def keep(info):  # only the states at the requested sigmas (x at the start of fine step i)
+            if info["i"] in wanted:
+                seen[info["i"]] = info["x"].to(F64)
+
+        seen[len(fine) - 1] = samplers.sample(self.sampler, model, x, fine, callback=keep,
+                                              seeds=range(x.shape[0])).to(F64)
+        return torch.stack([seen[k] for k in where])
 
     def states(self, model, x: torch.Tensor, sigmas) -> torch.Tensor:
         sigmas = [float(s) for s in sigmas]

@@ -24,7 +24,7 @@ from optsample import config as C
 from optsample import run as R
 from optsample.learned_schedules import files
 from optsample.learned_schedules.learn import DP_OPTIONS, GRADIENT_OPTIONS, METHODS, learn, method_options
-from optsample.learned_schedules.problem import Ends, make_teacher
+from optsample.learned_schedules.problem import Ends, make_teacher, steps_for_budget
 
 log = logging.getLogger("optsample.schedule")
 TEACHERS = ("auto", "exact_ode", "solver")
@@ -74,10 +74,7 @@ class ScheduleAppConfig:
 
 def plan(cfg: dict) -> dict:
     """Check the whole config (R.ConfigError naming the key) before any work; returns the method options."""
-    try:
-        R.plan_run({**_run_like(cfg)})
-    except R.ConfigError:
-        raise
+    R.plan_run(_run_like(cfg))
     if cfg["method"] not in METHODS:
         raise R.ConfigError(f"method must be one of {list(METHODS)}, got {cfg['method']!r}")
     if cfg["teacher"]["name"] not in TEACHERS:
@@ -85,6 +82,10 @@ def plan(cfg: dict) -> dict:
     try:
         Ends(cfg["sigma_max"], cfg["sigma_min"])
         options = method_options(cfg["method"], cfg[cfg["method"]])
+    except ValueError as err:
+        raise R.ConfigError(str(err)) from None
+    try:
+        steps_for_budget(cfg["sampler"]["name"], cfg["nfe"], C.sampler_hparams(cfg["sampler"]))
     except ValueError as err:
         raise R.ConfigError(str(err)) from None
     if cfg["method"] == "dp" and options["cost"] == "gits":
