@@ -317,6 +317,8 @@ def test_schedule_app_checks_before_building(tmp_path):
         _schedule_app(tmp_path, "model=gmm2d", "method=optuna")
     with pytest.raises(R.ConfigError, match="nfe=2 gives sampler .heun. 1 step"):
         _schedule_app(tmp_path, "model=gmm2d", "sampler=heun", "nfe=2")
+    with pytest.raises(R.ConfigError, match="unknown sampler 'ipndn'"):
+        _schedule_app(tmp_path, "model=gmm2d", "teacher.name=solver", "teacher.sampler=ipndn")
     assert not (tmp_path / "learned.json").exists()
 
 

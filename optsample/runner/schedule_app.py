@@ -21,6 +21,7 @@ import torch
 from omegaconf import MISSING
 
 from optsample import config as C
+from optsample import samplers
 from optsample import run as R
 from optsample.learned_schedules import files
 from optsample.learned_schedules.learn import DP_OPTIONS, GRADIENT_OPTIONS, METHODS, learn, method_options
@@ -82,11 +83,10 @@ def plan(cfg: dict) -> dict:
     try:
         Ends(cfg["sigma_max"], cfg["sigma_min"])
         options = method_options(cfg["method"], cfg[cfg["method"]])
-    except ValueError as err:
-        raise R.ConfigError(str(err)) from None
-    try:
         steps_for_budget(cfg["sampler"]["name"], cfg["nfe"], C.sampler_hparams(cfg["sampler"]))
-    except ValueError as err:
+        if cfg["teacher"]["name"] != "exact_ode":
+            samplers.get(cfg["teacher"]["sampler"])  # the solver teacher's sampler exists
+    except (KeyError, ValueError) as err:
         raise R.ConfigError(str(err)) from None
     if cfg["method"] == "dp" and options["cost"] == "gits":
         options.pop("history")
