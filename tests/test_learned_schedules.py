@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+
 import pytest
 import torch
 
@@ -374,3 +376,29 @@ def test_solver_teacher_converges_on_a_single_gaussian():
     for k, sigma in enumerate(sigmas):
         exact = mu + ((std**2 + sigma**2) / (std**2 + 80.0**2)).sqrt() * (x - mu)
         assert float((states[k] - exact).norm() / exact.norm()) < 1e-3
+
+
+def _optsample_modules(node) -> set[str]:
+    """The top-level optsample modules an import statement of a file in optsample/<package>/ reaches."""
+    if isinstance(node, ast.Import):
+        return {a.name.split(".")[1] for a in node.names if a.name.startswith("optsample.")}
+    if not isinstance(node, ast.ImportFrom):
+        return set()
+    if node.level == 0:
+        return {node.module.split(".")[1]} if (node.module or "").startswith("optsample.") else set()
+    if node.level == 2:  # from .. import X / from ..X import Y
+        return {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+    return set()  # from . import: inside the package
+
+
+def test_the_library_never_imports_the_runner():
+    """optsample/learned_schedules/*.py imports nothing from the runner layer (issue 11's layers: the
+    library sits below integrations, zoo and runner), read from the source with ast."""
+    from pathlib import Path
+
+    import optsample.learned_schedules as package
+
+    runner = {"run", "config", "runner", "study", "results", "loggers", "report", "devices", "zoo", "integrations"}
+    for path in Path(package.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            assert not _optsample_modules(node) & runner, f"{path.name} imports the runner layer at line {node.lineno}"
