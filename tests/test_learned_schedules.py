@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+from pathlib import Path
 
 import pytest
 import torch
@@ -261,15 +262,19 @@ def test_bad_budgets_options_and_teachers_fail_before_any_student_sampling():
 # The apps: optsample-schedule writes the file, optsample-run / as_scheduler / a k-diffusion loop run it.
 
 
+# This checkout's conf/ (R.config_path() prefers the one an editable install maps optsample.conf to, which
+# may be another checkout's).
+CHECKOUT_CONF = str(Path(__file__).resolve().parent.parent / "conf")
+
+
 def _schedule_app(tmp_path, *overrides):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from optsample import run as R
     from optsample.runner import schedule_app
 
     schedule_app.register_configs()
-    with initialize_config_dir(config_dir=R.config_path("schedule"), version_base="1.3"):
+    with initialize_config_dir(config_dir=CHECKOUT_CONF, version_base="1.3"):
         cfg = compose("schedule", overrides=[f"out={tmp_path / 'learned.json'}", *overrides])
     return schedule_app.execute(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
 
@@ -279,10 +284,9 @@ def _run(*overrides):
     from omegaconf import OmegaConf
 
     from optsample import config as C
-    from optsample import run as R
 
     C.register_configs()
-    with initialize_config_dir(config_dir=R.config_path(), version_base="1.3"):
+    with initialize_config_dir(config_dir=CHECKOUT_CONF, version_base="1.3"):
         cfg = compose("config", overrides=["logger=none", "progress=false", *overrides])
     return OmegaConf.to_container(cfg, resolve=True)
 
@@ -394,7 +398,7 @@ def _optsample_modules(node) -> set[str]:
 def test_the_library_never_imports_the_runner():
     """optsample/learned_schedules/*.py imports nothing from the runner layer (issue 11's layers: the
     library sits below integrations, zoo and runner), read from the source with ast."""
-    from pathlib import Path
+
 
     import optsample.learned_schedules as package
 
