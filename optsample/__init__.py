@@ -6,6 +6,7 @@ classic samplers and optimizer-inspired update rules run side by side on the sam
 
 from .integrations.kdiffusion import as_k_diffusion
 from .samplers import available, get, initial_noise, sample
+from . import learned_schedules as _learned_schedules  # noqa: E402,F401  (registers schedule "learned")
 
 __version__ = "0.1.0"
 __all__ = ["as_k_diffusion", "available", "get", "initial_noise", "sample", "__version__"]

@@ -48,8 +48,27 @@ def solve(model, x: torch.Tensor, sigma_start: float, sigma_end: float = 0.0, *,
     sigma_start, sigma_end = float(sigma_start), float(sigma_end)
     if not (sigma_start > 0 and math.isfinite(sigma_start)) or sigma_end < 0 or sigma_end >= sigma_start:
         raise ValueError(f"need sigma_start > sigma_end >= 0, got {sigma_start} and {sigma_end}")
-    if sigma_end == 0 and not 0 < sigma_floor < sigma_start:
-        raise ValueError(f"sigma_floor must be in (0, sigma_start), got {sigma_floor}")
+    states, info = trajectory(model, x, [sigma_start, sigma_end], rtol=rtol, atol=atol, method=method,
+                              extra_args=extra_args, sigma_floor=sigma_floor, return_info=True)
+    return (states[-1], info) if return_info else states[-1]
+
+
+def trajectory(model, x: torch.Tensor, sigmas, *, rtol: float = 1e-10, atol: float = 1e-10, method: str = "DOP853",
+               extra_args: dict | None = None, sigma_floor: float = 1e-6, return_info: bool = False):
+    """x on the probability-flow ODE trajectory through ``x`` at ``sigmas[0]``, at every entry of ``sigmas``.
+
+    One adaptive solve (as :func:`solve`, which is this with two sigmas) read out at each sigma (scipy's
+    dense ``t_eval``); ``sigmas`` strictly decreasing, a last entry 0 finished with the Euler step of the
+    module docstring. Returns a float64 tensor [len(sigmas), *x.shape] whose entry 0 is ``x`` itself.
+    """
+    sigma_list = [float(s) for s in sigmas]
+    if len(sigma_list) < 2 or any(b >= a for a, b in zip(sigma_list, sigma_list[1:])) or sigma_list[-1] < 0:
+        raise ValueError(f"sigmas must be strictly decreasing and >= 0 with at least 2 entries, got {sigma_list}")
+    sigma_start, sigma_end = sigma_list[0], sigma_list[-1]
+    if not (sigma_start > 0 and math.isfinite(sigma_start)):
+        raise ValueError(f"need a finite sigma_start > 0, got {sigma_start}")
+    if sigma_end == 0 and not 0 < sigma_floor < sigma_list[-2]:
+        raise ValueError(f"sigma_floor must be in (0, {sigma_list[-2]}) (the last positive sigma), got {sigma_floor}")
     extra_args = dict(extra_args or {})
     shape, device = x.shape, x.device
     nfe = 0
@@ -66,16 +85,23 @@ def solve(model, x: torch.Tensor, sigma_start: float, sigma_end: float = 0.0, *,
         denoised = denoise(state, math.exp(log_sigma)).reshape(-1).cpu().numpy()
         return state - denoised
 
+    positive = [s for s in sigma_list if s > 0]
     sigma_stop = sigma_end if sigma_end > 0 else sigma_floor
+    log_eval = [math.log(s) for s in positive] + ([] if sigma_end > 0 else [math.log(sigma_floor)])
     state0 = x.detach().to(torch.float64).reshape(-1).cpu().numpy()
-    sol = solve_ivp(rhs, (math.log(sigma_start), math.log(sigma_stop)), state0, method=method, rtol=rtol, atol=atol)
+    sol = solve_ivp(rhs, (math.log(sigma_start), math.log(sigma_stop)), state0, method=method, rtol=rtol, atol=atol,
+                    t_eval=log_eval if len(sigma_list) > 2 else None)
     if not sol.success:
         raise RuntimeError(f"reference ODE solve failed: {sol.message}")
-    x_stop = sol.y[:, -1].copy()
-    if sigma_end > 0:
-        out = torch.from_numpy(x_stop).to(device).reshape(shape)
+    if len(sigma_list) == 2:
+        columns = [state0, sol.y[:, -1]]
     else:
-        out = denoise(x_stop, sigma_floor)  # Euler step sigma_floor -> 0: x + (0 - f) (x - D) / f = D
+        columns = [sol.y[:, k] for k in range(len(log_eval))]
+        columns[0] = state0
+    states = [torch.from_numpy(c.copy()).to(device).reshape(shape) for c in columns]
+    if sigma_end == 0:  # Euler step sigma_floor -> 0: x + (0 - f) (x - D) / f = D
+        states[-1] = denoise(columns[-1].copy(), sigma_floor)
+    out = torch.stack(states)
     if return_info:
         info = SolveInfo(nfe, len(sol.t), sol.status, sol.message, sigma_floor if sigma_end == 0 else None)
         return out, info

@@ -302,6 +302,21 @@ def available() -> list[str]:
     return sorted(_SCHEDULES)
 
 
+def register(name: str, fn: Callable[..., torch.Tensor]) -> None:
+    """Add schedule ``name`` = ``fn(..., n, **params)`` from a higher layer (``learned``, registered by
+    optsample.learned_schedules.files, which ``import optsample`` loads); an ``n`` that defaults to None may be omitted."""
+    if name in _SCHEDULES:
+        raise ValueError(f"schedule {name!r} is already registered")
+    _SCHEDULES[name] = fn
+
+
+def function(name: str) -> Callable[..., torch.Tensor]:
+    """The function behind schedule ``name``."""
+    if name not in _SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; available: {available()}")
+    return _SCHEDULES[name]
+
+
 def get(name: str, n: int | None = None, **params) -> torch.Tensor:
     """Schedule ``name`` with n steps, e.g. ``get("karras", 20, sigma_max=14.6)``.
 
@@ -320,6 +335,6 @@ def get(name: str, n: int | None = None, **params) -> torch.Tensor:
         if n is not None and len(sigmas) - 1 != n:
             raise ValueError(f"n = {n} but the custom values give {len(sigmas) - 1} steps")
         return sigmas
-    if n is None:
+    if n is None and inspect.signature(fn).parameters["n"].default is inspect.Parameter.empty:
         raise ValueError(f"schedule {name!r} needs n (the number of steps)")
     return fn(n=n, **params)

@@ -271,7 +271,7 @@ def test_custom_values():
 
 
 def test_registry():
-    assert S.available() == sorted(["ays", "custom", "discrete", "exponential", "karras", "linear", "polyexponential", "vp"])
+    assert S.available() == sorted(["ays", "custom", "discrete", "exponential", "karras", "learned", "linear", "polyexponential", "vp"])
     assert torch.equal(S.get("karras", 10, sigma_max=14.6, sigma_min=0.03), S.karras(10, 0.03, 14.6))
     ac = EulerDiscreteScheduler(**SCHEDULER_KWARGS).alphas_cumprod
     assert torch.equal(S.get("discrete", 8, alphas_cumprod=ac, spacing="leading"), S.discrete(ac, 8, "leading"))

@@ -1,5 +1,5 @@
 """The experiment runner: Hydra app (app.py, ``optsample-run``), configs, result rows, loggers, tables
-(report.py, ``optsample-table``), the default study (study.py, ``optsample-study``), devices, and the
-``guidance=`` / ``task=`` groups (guidance_tasks.py).
+(report.py, ``optsample-table``), the default study (study.py, ``optsample-study``), devices, the
+``guidance=`` / ``task=`` groups (guidance_tasks.py) and ``optsample-schedule`` (schedule_app.py).
 
 It may import everything below it; nothing in the library imports it (import-linter, pyproject.toml)."""

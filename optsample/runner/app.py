@@ -90,10 +90,10 @@ def _resolve_schedule(cfg: dict, hparams: dict, model_args: dict) -> tuple[int |
     steps = cfg["steps"]
     if cfg["nfe"] is not None:
         _require(cfg["nfe"] >= 1, f"nfe must be >= 1, got {cfg['nfe']}")
-        if cfg["schedule"]["name"] == "custom":  # the values decide the steps; the budget is checked on them
+        if cfg["schedule"]["name"] in ("custom", "learned"):  # the values decide the steps; the budget is checked on them
             sigmas = _make_sigmas(cfg, None, kwargs)
             nfe = measure_nfe(cfg["sampler"]["name"], len(sigmas) - 1, schedule=lambda n: sigmas, **hparams)
-            _require(nfe <= cfg["nfe"], f"nfe: schedule=custom costs {nfe} evaluations with "
+            _require(nfe <= cfg["nfe"], f"nfe: schedule={cfg["schedule"]["name"]} costs {nfe} evaluations with "
                      f"{cfg['sampler']['name']}, over the budget nfe={cfg['nfe']}")
             return len(sigmas) - 1, sigmas, kwargs
         try:
@@ -103,7 +103,7 @@ def _resolve_schedule(cfg: dict, hparams: dict, model_args: dict) -> tuple[int |
             raise ConfigError(f"nfe: {err} (schedule={cfg['schedule']['name']})") from None
         except ValueError as err:
             raise ConfigError(f"sampler: {err}") from None
-    elif cfg["schedule"]["name"] == "custom":
+    elif cfg["schedule"]["name"] in ("custom", "learned"):
         steps = None  # the values decide the step count (``steps`` is ignored)
     elif steps is None:
         raise ConfigError("give steps=<int> or nfe=<int>")
@@ -174,7 +174,10 @@ def plan_run(cfg: dict, *, job_num: int = 0) -> RunPlan:
         # provisional (the schedule's own sigma range): catches bad schedules and budgets before the model
         # is built; resolve_schedule redoes it on the model's range
         steps, sigmas, kwargs = _resolve_schedule(cfg, hparams, {})
-    key = results.config_hash(hashed_config(cfg))
+    hashed = hashed_config(cfg)
+    if cfg["schedule"]["name"] == "learned":  # a re-learned file at the same path is a different run
+        hashed["learned_sigmas"] = sigmas.tolist()
+    key = results.config_hash(hashed)
     return RunPlan(cfg, key, steps, sigmas, hparams, dtype, Path(_absolute(cfg["results_dir"])), kwargs)
 
 
@@ -195,6 +198,9 @@ def _make_sigmas(cfg: dict, steps: int | None, kwargs: dict) -> torch.Tensor:
             f"model {cfg['model']['name']} has no discrete schedule (schedule=discrete needs a discrete-time model "
             "that supplies alphas_cumprod, e.g. a diffusers pipeline; use schedule=karras or another)"
         )
+    if cfg["schedule"]["name"] == "learned":  # the file's provenance is checked against this run's (learned_schedules.files)
+        expect = {"model": cfg["model"]["name"], "sampler": cfg["sampler"]["name"], "hparams": C.sampler_hparams(cfg["sampler"])}
+        kwargs = {**kwargs, "expect": expect}
     try:
         return schedules.get(cfg["schedule"]["name"], steps, **kwargs)
     except (TypeError, ValueError) as err:
@@ -500,10 +506,11 @@ class SweepTableCallback(Callback):
             _warn("sweep table", err)
 
 
-def config_path() -> str:
+def config_path(primary: str = "config") -> str:
     """Absolute path of the configs: the conf/ of the source checkout this module is imported from,
     else the ``optsample.conf`` package data (an installed wheel). The checkout comes first: an editable
-    install of another checkout maps ``optsample.conf`` to *its* conf/, which must not win."""
+    install of another checkout maps ``optsample.conf`` to *its* conf/, which must not win. The first folder holding
+    ``<primary>.yaml`` (``schedule`` for optsample-schedule) wins."""
     import importlib.util
 
     checkout = Path(__file__).resolve().parents[2]
@@ -514,7 +521,7 @@ def config_path() -> str:
         spec = None
     candidates += list(spec.submodule_search_locations or []) if spec is not None else []
     for folder in candidates:
-        if (Path(folder) / "config.yaml").exists():
+        if (Path(folder) / f"{primary}.yaml").exists():
             return str(Path(folder).resolve())
     raise FileNotFoundError(f"optsample's configs are missing: looked in {candidates}")
 

@@ -86,7 +86,7 @@ def sampler_hparams(sampler_cfg: dict) -> dict:
 # ----------------------------------------------------------------------------------------------
 # Schedules: generated from the schedule functions' signatures.
 
-SCHEDULE_SKIP = ("n", "device")  # given by the runner
+SCHEDULE_SKIP = ("n", "device", "expect")  # given by the runner (expect: the run's model and sampler, for learned)
 # Schedule parameters that default to the model's trained sigma range (BuiltModel.sigma_range), as
 # k-diffusion reads ``model.sigma_min`` / ``model.sigma_max``; an explicit value wins.
 MODEL_RANGE_KEYS = ("sigma_min", "sigma_max")
@@ -96,7 +96,7 @@ def schedule_parameters(name: str) -> list[inspect.Parameter]:
     """The user-settable parameters of schedule ``name`` (``n``/``device`` excluded)."""
     from .. import schedules
 
-    fn = getattr(schedules, name)
+    fn = schedules.function(name)
     return [p for p in inspect.signature(fn).parameters.values() if p.name not in SCHEDULE_SKIP]
 
 
@@ -105,7 +105,7 @@ def schedule_config(name: str) -> type:
     scalar/list type are required (``???``); non-config arguments (tensors) come from the model."""
     from .. import schedules
 
-    hints = typing.get_type_hints(getattr(schedules, name))
+    hints = typing.get_type_hints(schedules.function(name))
     fields = [("name", str, field(default=name))]
     for p in schedule_parameters(name):
         kind = plain_type(hints.get(p.name, Any))

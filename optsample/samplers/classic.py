@@ -16,7 +16,7 @@ from typing import Annotated, Callable
 
 from numpy.polynomial import Polynomial
 
-from .core import add_noise, ancestral_step, churn, euler_step, steps, to_d
+from .core import add_noise, add_scaled, ancestral_step, churn, euler_step, exp, log, steps, to_d
 from .registry import NonNegative, Range, UnitInterval, register
 
 
@@ -32,12 +32,12 @@ def heun_correction(model, x, d, sigma: float, sigma_next: float):
     """Trapezoidal rule: average the slopes at both ends of an Euler predictor (Karras et al. 2022, Alg. 1 l. 7-8)."""
     x_euler = euler_step(x, d, sigma, sigma_next)
     d_next = to_d(x_euler, sigma_next, model(x_euler, sigma_next))
-    return x.add(d + d_next, alpha=(sigma_next - sigma) / 2)
+    return add_scaled(x, d + d_next, (sigma_next - sigma) / 2)
 
 
 def log_midpoint(sigma: float, sigma_next: float) -> float:
     """The midpoint in log sigma, sqrt(sigma * sigma_next) (k-diffusion ``sample_dpm_2``: log().lerp(.., 0.5).exp())."""
-    return math.exp(0.5 * (math.log(sigma) + math.log(sigma_next)))
+    return exp(0.5 * (log(sigma) + log(sigma_next)))
 
 
 def midpoint_correction(model, x, d, sigma: float, sigma_next: float):

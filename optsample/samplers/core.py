@@ -98,6 +98,8 @@ class Denoiser:
             self._raise(*self._bad)
         if isinstance(sigma, torch.Tensor) and sigma.ndim == 1:
             sigma_batch = sigma.to(x.dtype)
+        elif isinstance(sigma, torch.Tensor) and sigma.requires_grad:  # a learned step: keep the graph
+            sigma_batch = sigma.to(x.dtype).expand(x.shape[0])
         else:
             sigma_batch = torch.full((x.shape[0],), float(sigma), dtype=x.dtype, device=x.device)
         denoised = self.inner(x, sigma_batch, **self.extra_args, **extra)
@@ -107,7 +109,7 @@ class Denoiser:
             if on_host(denoised):
                 # min and max are NaN if any element is, and +-inf if any element is: two numbers to test
                 # instead of a full boolean mask (about 10x cheaper than isfinite(denoised).all()).
-                low, high = torch.aminmax(denoised)
+                low, high = torch.aminmax(denoised.detach() if denoised.requires_grad else denoised)
                 if not math.isfinite(float(low) + float(high)):  # python floats: no overflow, NaN/inf propagate
                     self._bad = self._latest = [_finite_per_sample(denoised), self.step, sigma_batch[:1], self.nfe]
             else:
@@ -158,17 +160,49 @@ def to_d(x: torch.Tensor, sigma: float, denoised: torch.Tensor) -> torch.Tensor:
     return (x - denoised) / sigma
 
 
+def add_scaled(x: torch.Tensor, d: torch.Tensor, scale) -> torch.Tensor:
+    """x + scale * d as one fused ``add`` for a python-float scale; ``x + d * scale`` for a tensor scale
+    (a sigma that carries gradients, see :func:`steps`), which ``add(alpha=)`` does not accept."""
+    if isinstance(scale, torch.Tensor):
+        return x + d * scale
+    return x.add(d, alpha=scale)
+
+
 def euler_step(x: torch.Tensor, d: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
     """x + (sigma_next - sigma) * d: one Euler / SGD step with lr = sigma - sigma_next (DESIGN.md), as one
     fused ``add`` (half the tensor operations of ``x + d * dt``; every sampler uses it, so identities
     such as sgd == euler stay bitwise)."""
-    return x.add(d, alpha=sigma_next - sigma)
+    return add_scaled(x, d, sigma_next - sigma)
 
 
 def steps(sigmas: torch.Tensor) -> Iterator[tuple[int, float, float]]:
-    """``(i, sigma, sigma_next)`` as python floats for each step of a sigma array."""
+    """``(i, sigma, sigma_next)`` as python floats for each step of a sigma array.
+
+    A sigma tensor that requires grad (a schedule being learned by backpropagation through the sampler,
+    optsample/learned_schedules/gradient.py) gives 0-dim tensor entries instead, so every step stays in the
+    autograd graph; the samplers' scalar arithmetic then goes through :func:`log`, :func:`exp`, ...
+    below, which take either. The ordinary path (no grad) is unchanged: one ``tolist``.
+    """
+    if sigmas.requires_grad:
+        return ((i, sigmas[i], sigmas[i + 1]) for i in range(len(sigmas) - 1))
     values = sigmas.tolist()
     return ((i, values[i], values[i + 1]) for i in range(len(values) - 1))
+
+
+def _scalar_fn(math_fn: Callable, torch_fn: Callable) -> Callable:
+    def apply(value):
+        return torch_fn(value) if isinstance(value, torch.Tensor) else math_fn(value)
+
+    apply.__name__ = math_fn.__name__
+    apply.__doc__ = f"math.{math_fn.__name__} of a python float, torch.{torch_fn.__name__} of a (0-dim) tensor."
+    return apply
+
+
+# Scalar functions of sigmas that accept a python float (the ordinary path) or a tensor (see steps()).
+log = _scalar_fn(math.log, torch.log)
+exp = _scalar_fn(math.exp, torch.exp)
+expm1 = _scalar_fn(math.expm1, torch.expm1)
+sqrt = _scalar_fn(math.sqrt, torch.sqrt)
 
 
 def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float]:

@@ -15,13 +15,12 @@ the cost of one model evaluation per step. Two coordinates are used (both VE, al
 from __future__ import annotations
 
 import collections
-import math
 from typing import Annotated
 
 import numpy
 import torch
 
-from .core import add_noise, euler_step, steps, to_d
+from .core import add_noise, euler_step, exp, expm1, log, sqrt, steps, to_d
 from .transforms import ema
 from .registry import Choice, Decay, NonNegative, Range, register
 
@@ -60,7 +59,7 @@ class History:
 
 def _log_ratio(sigma_a: float, sigma_b: float) -> float:
     """lambda_b - lambda_a = log(sigma_a / sigma_b) for lambda = -log sigma (both sigmas > 0)."""
-    return math.log(sigma_a / sigma_b)
+    return log(sigma_a / sigma_b)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -133,12 +132,12 @@ def _dpmpp_correction(denoised, past: History, sigma: float, h: float, h_eta: fl
     """
     if len(past) == 0:
         return 0.0
-    phi_2 = math.expm1(-h_eta) / h_eta + 1
+    phi_2 = expm1(-h_eta) / h_eta + 1
     sigma_1 = past.sigmas[0]
     r0 = _log_ratio(sigma_1, sigma) / h
     d1_0 = (denoised - past.values[0]) / r0
     if len(past) == 1:
-        return d1_0 * (-0.5 * math.expm1(-h_eta) if solver_type == "midpoint" else phi_2)
+        return d1_0 * (-0.5 * expm1(-h_eta) if solver_type == "midpoint" else phi_2)
     r1 = _log_ratio(past.sigmas[1], sigma_1) / h
     d1_1 = (past.values[0] - past.values[1]) / r1
     d1 = d1_0 + (d1_0 - d1_1) * (r0 / (r0 + r1))
@@ -164,9 +163,9 @@ def _dpmpp_multistep(model, x, sigmas, callback, noise_sampler, *, order: int, e
         else:
             h = _log_ratio(sigma, sigma_next)
             h_eta = h * (1 + eta)
-            x = x * math.exp(-h_eta) + denoised * -math.expm1(-h_eta)
+            x = x * exp(-h_eta) + denoised * -expm1(-h_eta)
             x = x + _dpmpp_correction(denoised, past, sigma, h, h_eta, solver_type)
-            noise_std = sigma_next * math.sqrt(-math.expm1(-2 * eta * h))
+            noise_std = sigma_next * sqrt(-expm1(-2 * eta * h))
             x = add_noise(x, noise_sampler, sigma, sigma_next, noise_std, s_noise)
         past.push(sigma, denoised)
     return x
@@ -209,9 +208,9 @@ def _unipc_phi(hh: float, order: int, variant: str) -> tuple[float, float, list[
     b_k = k! h phi_{k+1}(hh) / B(h), B(h) = hh ("bh1") or e^hh - 1 ("bh2") (Zhao et al. 2023, Alg. 2 and
     Thm. 3.1; diffusers ``multistep_uni_p_bh_update`` with predict_x0).
     """
-    h_phi_1 = math.expm1(hh)
+    h_phi_1 = expm1(hh)
     h_phi_k = h_phi_1 / hh - 1
-    b_h = hh if variant == "bh1" else math.expm1(hh)
+    b_h = hh if variant == "bh1" else expm1(hh)
     factorial, b = 1, []
     for k in range(1, order + 1):
         b.append(h_phi_k * factorial / b_h)
@@ -223,7 +222,12 @@ def _unipc_phi(hh: float, order: int, variant: str) -> tuple[float, float, list[
 def _solve(rks: list[float], b: list[float]) -> list[float]:
     """rho with sum_k rho_k r_k^(i-1) = b_i, i = 1..len(b) (the Vandermonde system of UniPC, eq. 8).
 
-    Solved with numpy on the host (at most 3x3): no tensor, so nothing for an accelerator run to wait on."""
+    Solved with numpy on the host (at most 3x3): no tensor, so nothing for an accelerator run to wait on;
+    sigmas that carry gradients (learned_schedules' gradient method) solve it in torch to stay differentiable."""
+    if any(isinstance(value, torch.Tensor) for value in (*rks, *b)):  # a learned schedule: stay differentiable
+        vandermonde = torch.stack([torch.stack([torch.as_tensor(r, dtype=torch.float64) ** i for r in rks])
+                                   for i in range(len(b))])
+        return list(torch.linalg.solve(vandermonde, torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in b])))
     vandermonde = numpy.array([[r**i for r in rks] for i in range(len(b))], dtype=numpy.float64)
     return numpy.linalg.solve(vandermonde, numpy.array(b, dtype=numpy.float64)).tolist()
 

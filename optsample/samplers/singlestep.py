@@ -17,7 +17,7 @@ from typing import Annotated
 
 import torch
 
-from .core import add_noise, ancestral_step, steps, to_d
+from .core import add_noise, ancestral_step, exp, log, steps, to_d
 from .registry import NonNegative, Range, register
 
 
@@ -43,7 +43,7 @@ def _sigma_between(sigma: float, sigma_to: float, r: float) -> float:
     s = t + r h with t = -log sigma, h = log(sigma / sigma_to) (k-diffusion ``sample_dpmpp_2s_ancestral`` /
     ``sample_dpmpp_sde``: ``sigma_fn(t + r * h)``); r = 1/2 gives the geometric mean.
     """
-    return math.exp(math.log(sigma) + r * (math.log(sigma_to) - math.log(sigma)))
+    return exp(log(sigma) + r * (log(sigma_to) - log(sigma)))
 
 
 def _brownian_increments(noise_sampler, sigma: float, sigma_mid: float, sigma_next: float):

@@ -20,6 +20,8 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 
+from .core import log
+
 
 class StepInfo(NamedTuple):
     """What a rule may look at besides the gradient.
@@ -332,8 +334,8 @@ def dpmpp_2m_momentum(beta: float) -> Rule:
         old_denoised, old_sigma, average = state if state is not None else (None, None, None)
         combined = info.denoised
         if old_denoised is not None and info.sigma_next != 0:
-            h = math.log(info.sigma / info.sigma_next)
-            r = math.log(old_sigma / info.sigma) / h
+            h = log(info.sigma / info.sigma_next)
+            r = log(old_sigma / info.sigma) / h
             combined = info.denoised * (1 + 1 / (2 * r)) - old_denoised * (1 / (2 * r))
         average = ema(average, combined, beta)
         return direction_from_denoised(info, average), (info.denoised, info.sigma, average)

@@ -81,7 +81,7 @@ from ...samplers import sample as run_sampler
 LATENT_SCALINGS = ("vp", "ve")
 # Schedules whose sigma range defaults to the model's training range (diffusers' use_karras_sigmas does the same).
 RANGED_SCHEDULES = ("karras", "exponential", "polyexponential", "linear")
-SCHEDULES = ("discrete",) + RANGED_SCHEDULES + ("ays", "vp")
+SCHEDULES = ("discrete",) + RANGED_SCHEDULES + ("ays", "vp", "learned")
 PLAN_DTYPE = torch.float32  # the state dtype of float32 / float16 pipelines (core.state_dtype)
 
 
@@ -532,6 +532,8 @@ class OptSampleScheduler(SchedulerMixin, ConfigMixin):
             params.setdefault("sigma_min", self.training_schedule.sigma_min)
             params.setdefault("sigma_max", self.training_schedule.sigma_max)
         params.setdefault("final", config.final_sigmas_type)  # every schedule takes final= (ays, vp too)
+        if name == "learned":  # a schedule file (optsample.learned_schedules.files), checked against this sampler
+            params.setdefault("expect", {"sampler": config.sampler, "hparams": self._hparams()})
         return schedules.get(name, n, **params)
 
     def _evaluations_per_step(self) -> int:

@@ -1,0 +1,109 @@
+"""``learn``: one learned schedule for (model, sampler, hyper-parameters, NFE budget), with its provenance.
+
+Order of work: every argument is checked (method, options, budget, ends, seeds) before any model evaluation;
+then the teacher is solved from the tuning seeds' noise (a TeacherError names it if it does not converge);
+then the method runs; the result is refused (ScheduleFileError, nothing written) unless it is finite,
+strictly decreasing and meets the ends policy.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .. import samplers, schedules
+from . import dp as dp_method
+from . import gradient as gradient_method
+from .files import validate_sigmas
+from .problem import Ends, ExactTeacher, mse, steps_for_budget, tuning_noise
+
+METHODS = ("dp", "gradient")
+DP_OPTIONS = {"cost": "oss", "history": "exact", "grid_size": 40, "grid_rho": 7.0, "coeff": 1.15}
+GRADIENT_OPTIONS = {"iters": 60, "lr": 0.01, "momentum": 0.9, "val_fraction": 0.25, "init_rho": 7.0}
+
+
+@dataclass
+class Learned:
+    sigmas: torch.Tensor
+    provenance: dict  # everything but the model's description (added by the caller, files.save)
+
+
+def method_options(method: str, options: dict | None) -> dict:
+    """The method's options with defaults filled in; unknown ones raise naming them."""
+    defaults = {"dp": DP_OPTIONS, "gradient": GRADIENT_OPTIONS}.get(method)
+    if defaults is None:
+        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise ValueError(f"method {method!r} has no option(s) {unknown}; it takes {sorted(defaults)}")
+    merged = {**defaults, **options}
+    if method == "dp":
+        if merged["cost"] not in dp_method.COSTS:
+            raise ValueError(f"cost must be one of {list(dp_method.COSTS)}, got {merged['cost']!r}")
+        if merged["history"] not in dp_method.HISTORIES:
+            raise ValueError(f"history must be one of {list(dp_method.HISTORIES)}, got {merged['history']!r}")
+    elif not 0 < merged["val_fraction"] < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {merged['val_fraction']!r}")
+    return merged
+
+
+def learn(model, sampler: str, nfe: int, sample_shape, *, method: str = "dp", hparams: dict | None = None,
+          seeds=range(64), ends: Ends | None = None, teacher=None, options: dict | None = None) -> Learned:
+    """Learn the sigmas of ``sampler`` at budget ``nfe`` on ``model`` from the tuning ``seeds`` (ends: Ends())."""
+    hparams, ends = dict(hparams or {}), ends if ends is not None else Ends()
+    samplers.get(sampler).make_params(**hparams)  # unknown sampler / bad hyper-parameter: before any work
+    options = method_options(method, options)
+    n_steps = steps_for_budget(sampler, nfe, hparams)
+    teacher = teacher if teacher is not None else ExactTeacher()
+    seeds = [int(s) for s in seeds]
+    if method == "dp":
+        grid = dp_method.make_grid(options["grid_size"], ends, options["grid_rho"])
+        dp_method.check_budget(n_steps, grid)
+    elif len(seeds) < 2:
+        raise ValueError(f"method 'gradient' needs >= 2 tuning seeds (training and validation), got {seeds}")
+    started = time.perf_counter()
+    x_start = tuning_noise(seeds, sample_shape, ends)
+    karras = schedules.karras(n_steps, ends.sigma_min, ends.sigma_max, options.get("init_rho", 7.0))
+    info: dict = {}
+    if method == "dp":
+        states = teacher.states(model, x_start, grid)
+        target = states[-1]
+        if options["cost"] == "gits":
+            costs = dp_method.gits_costs(sampler, model, grid, states, hparams, seeds)
+            path, objective = dp_method.gits_path(costs, n_steps, options["coeff"])
+        else:
+            path, objective = dp_method.oss_path(sampler, model, grid, states, x_start, n_steps, hparams, seeds,
+                                                 options["history"])
+        sigmas = grid[path]
+        info = {"grid_indices": path, "objective": objective}
+    else:
+        target = teacher.states(model, x_start, [ends.sigma_max, 0.0])[-1]
+        n_val = max(1, round(options["val_fraction"] * len(seeds)))
+        train, val = slice(0, len(seeds) - n_val), slice(len(seeds) - n_val, len(seeds))
+        sigmas, best_val, history = gradient_method.learn_gradient(
+            sampler, model, x_start[train], target[train], x_start[val], target[val], karras, ends, hparams=hparams,
+            iters=options["iters"], lr=options["lr"], momentum=options["momentum"], seeds_train=seeds[train],
+            seeds_val=seeds[val])
+        info = {"validation_seeds": seeds[val], "validation_mse": best_val, "iterations_run": len(history),
+                "train_mse_first_last": [history[0][0], history[-1][0]] if history else None}
+    sigmas = validate_sigmas(sigmas, f"learned schedule ({method}, {sampler}, nfe={nfe})", ends.sigma_max)
+    if float(sigmas[-2]) < ends.sigma_min * (1 - 1e-12):
+        raise ValueError(f"learned schedule's last positive sigma {float(sigmas[-2])} is below sigma_min={ends.sigma_min}")
+    with torch.no_grad():
+        def rmse_of(schedule):
+            out = samplers.sample(sampler, model, x_start, schedule, seeds=seeds, **hparams)
+            return float(mse(out, target).sqrt())
+
+        loss = {"rmse": rmse_of(sigmas), "rmse_karras_default": rmse_of(karras),
+                "on": "tuning seeds, RMSE to the teacher's final state"}
+    provenance = {
+        "sampler": {"name": sampler, "hparams": hparams}, "nfe": nfe,
+        "nfe_used": samplers.measure_nfe(sampler, n_steps, **hparams), "steps": n_steps, "method": method,
+        "method_options": options, "ends": {"sigma_max": ends.sigma_max, "sigma_min": ends.sigma_min, "final": "zero"},
+        "teacher": teacher.describe(), "seeds": seeds, "loss": loss, "info": info,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    return Learned(sigmas, provenance)
