@@ -93,7 +93,7 @@ def _resolve_schedule(cfg: dict, hparams: dict, model_args: dict) -> tuple[int |
         if cfg["schedule"]["name"] in ("custom", "learned"):  # the values decide the steps; the budget is checked on them
             sigmas = _make_sigmas(cfg, None, kwargs)
             nfe = measure_nfe(cfg["sampler"]["name"], len(sigmas) - 1, schedule=lambda n: sigmas, **hparams)
-            _require(nfe <= cfg["nfe"], f"nfe: schedule={cfg["schedule"]["name"]} costs {nfe} evaluations with "
+            _require(nfe <= cfg["nfe"], f"nfe: schedule={cfg['schedule']['name']} costs {nfe} evaluations with "
                      f"{cfg['sampler']['name']}, over the budget nfe={cfg['nfe']}")
             return len(sigmas) - 1, sigmas, kwargs
         try:
