@@ -312,8 +312,10 @@ def test_optsample_schedule_then_optsample_run_end_to_end(tmp_path):
     with pytest.raises(R.ConfigError, match="learned for sampler 'dpmpp_2m', not 'euler'"):
         R.plan_run({**cfg, "sampler": {"name": "euler", "s_churn": 0.0, "s_tmin": 0.0, "s_tmax": float("inf"),
                                        "s_noise": 1.0}})
-    with pytest.raises(R.ConfigError, match="n = 10 steps but schedule file"):
-        R.plan_run({**cfg, "nfe": None, "steps": 10})
+    # the file decides the step count (as schedule=custom's values do): steps is ignored, a budget is checked
+    assert R.plan_run({**cfg, "nfe": None, "steps": 10}).steps == 4
+    with pytest.raises(R.ConfigError, match="schedule=learned costs 4 evaluations with dpmpp_2m, over the budget nfe=3"):
+        R.plan_run({**cfg, "nfe": 3})
 
 
 def test_schedule_app_checks_before_building(tmp_path):

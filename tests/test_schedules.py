@@ -162,6 +162,8 @@ def test_every_schedule_takes_final():
     import inspect
 
     for name in S.available():
+        if name == "learned":  # a learned file's sigmas already end as they were learned (they must end at 0)
+            continue
         assert "final" in inspect.signature(S._SCHEDULES[name]).parameters, name
     # AYS sd15: a 1-point schedule is [14.615], so sigma_min = the table's last entry 0.152 is inserted
     assert S.ays(1, final="sigma_min").tolist() == [14.615, 0.152, 0.0]

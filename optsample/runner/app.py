@@ -70,7 +70,7 @@ def schedule_kwargs(cfg: dict, model_args: dict) -> dict:
     defaults; model-provided arguments (``alphas_cumprod``) passed where the schedule takes them."""
     from .. import schedules
 
-    accepted = inspect.signature(getattr(schedules, cfg["schedule"]["name"])).parameters
+    accepted = inspect.signature(schedules.function(cfg["schedule"]["name"])).parameters
     kwargs = {k: v for k, v in model_args.items() if k in accepted}
     for key, value in C.schedule_params(cfg["schedule"]).items():
         if value is not None:

@@ -531,9 +531,10 @@ class OptSampleScheduler(SchedulerMixin, ConfigMixin):
         if name in RANGED_SCHEDULES:
             params.setdefault("sigma_min", self.training_schedule.sigma_min)
             params.setdefault("sigma_max", self.training_schedule.sigma_max)
-        params.setdefault("final", config.final_sigmas_type)  # every schedule takes final= (ays, vp too)
-        if name == "learned":  # a schedule file (optsample.learned_schedules.files), checked against this sampler
+        if name == "learned":  # a schedule file (optsample.learned_schedules.files, its own final sigma), checked
             params.setdefault("expect", {"sampler": config.sampler, "hparams": self._hparams()})
+        else:
+            params.setdefault("final", config.final_sigmas_type)  # every other schedule takes final= (ays, vp too)
         return schedules.get(name, n, **params)
 
     def _evaluations_per_step(self) -> int:
