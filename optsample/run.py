@@ -29,6 +29,7 @@ import torch
 from . import config as C
 from . import results
 from .devices import InDtype, model_dtype, resolve_device
+from .runner import distributed
 
 log = logging.getLogger("optsample.run")
 
@@ -198,55 +199,115 @@ def batch_conditioning(built: C.BuiltModel, indices, device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
 
 
-def generate(plan: RunPlan, built: C.BuiltModel, sigmas: torch.Tensor, device: torch.device):
-    """n_samples in batches; returns (samples, x_start, nfe per sample, seconds, trajectory or None).
-
-    With ``log_trajectory`` the iterates x_i of the first batch's first TRAJECTORY_SAMPLES samples are
-    kept (x at each step's start, then the output) for the logger's trajectory plot."""
-    from tqdm.auto import tqdm
-
+def sample_chunk(plan: RunPlan, built: C.BuiltModel, sigmas: torch.Tensor, device: torch.device, start: int, stop: int,
+                 callback=None):
+    """Samples start..stop (seeds :func:`sample_seeds`); returns (samples, x_start, sampler info)."""
     from .samplers import initial_noise, sample
 
     cfg = plan.cfg
     denoiser = built.denoiser if plan.dtype == torch.float32 else InDtype(built.denoiser, plan.dtype)
-    outputs, starts, nfe, trajectory = [], [], 0, []
-    record = (lambda info: trajectory.append(info["x"][:TRAJECTORY_SAMPLES].cpu())) if cfg["log_trajectory"] else None
-    bar = tqdm(total=cfg["n_samples"], desc=f"{cfg['sampler']['name']} {len(sigmas) - 1} steps", disable=not cfg["progress"])
+    seeds = sample_seeds(cfg["seed"], start, stop)
+    x_start = initial_noise(seeds, built.sample_shape, device=device) * float(sigmas[0])
+    out, info = sample(
+        cfg["sampler"]["name"], denoiser, x_start, sigmas.to(device), seeds=seeds,
+        extra_args={**built.extra_args, **batch_conditioning(built, range(start, stop), device)},
+        return_info=True, callback=callback, **plan.hparams,
+    )
+    return out, x_start, info
+
+
+def generate(plan: RunPlan, built: C.BuiltModel, sigmas: torch.Tensor, device: torch.device):
+    """All n_samples in batches, kept in memory; returns (samples, x_start, nfe per sample, seconds,
+    trajectory or None). The runner itself streams (:func:`stream_run`); this is for callers that want
+    the samples."""
+    outputs, starts, nfe = [], [], 0
     start_time = time.perf_counter()
-    for start in range(0, cfg["n_samples"], cfg["batch_size"]):
-        seeds = sample_seeds(cfg["seed"], start, min(start + cfg["batch_size"], cfg["n_samples"]))
-        x_start = initial_noise(seeds, built.sample_shape, device=device) * float(sigmas[0])
-        out, info = sample(
-            cfg["sampler"]["name"], denoiser, x_start, sigmas.to(device), seeds=seeds,
-            extra_args={**built.extra_args, **batch_conditioning(built, range(start, start + len(seeds)), device)},
-            return_info=True, callback=record if start == 0 else None, **plan.hparams,
-        )
+    for start, stop in distributed.chunks(plan.cfg["n_samples"], plan.cfg["batch_size"]):
+        out, x_start, info = sample_chunk(plan, built, sigmas, device, start, stop)
         outputs.append(out)
         starts.append(x_start)
         nfe = info.nfe
-        bar.update(len(seeds))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start_time
+    return torch.cat(outputs), torch.cat(starts), nfe, time.perf_counter() - start_time, None
+
+
+def metric_context(plan: RunPlan, built: C.BuiltModel, sigmas, device):
+    """The run's MetricContext: what is the same for every batch (model, reference, feature net)."""
+    from . import metrics
+
+    return metrics.MetricContext(model=built.denoiser, sigma_start=float(sigmas[0]), extra_args=dict(built.extra_args),
+                                 device=device, **built.metric_args)
+
+
+def metric_batch(built: C.BuiltModel, start: int, stop: int, x_start, device):
+    """The per-sample inputs of samples start..stop for the metrics."""
+    from .metrics import Batch
+
+    conditioning = batch_conditioning(built, range(start, stop), device)
+    labels = conditioning.get("class_labels", conditioning.get("labels"))
+    return Batch(start, x_start=x_start, extra_args=conditioning, labels=labels, prompts=conditioning.get("prompts"))
+
+
+@dataclass
+class Streamed:
+    """What one process's share of a run produced: its metric statistics and what the logger needs."""
+
+    stream: object  # optsample.metrics.MetricStream
+    nfe: int
+    sample_s: float
+    score_s: float
+    samples: torch.Tensor | None  # the first LOGGED_SAMPLES samples (rank 0), images if the model decodes
+    trajectory: list | None
+
+
+LOGGED_SAMPLES = 4096  # samples handed to the logger's picture (the first ones)
+
+
+def stream_run(plan: RunPlan, built: C.BuiltModel, sigmas: torch.Tensor, device: torch.device,
+               chunk_list: list[tuple[int, int]]) -> Streamed:
+    """Sample the given chunks and stream each into the metric statistics; nothing of size n is kept."""
+    from tqdm.auto import tqdm
+
+    from . import metrics
+
+    cfg = plan.cfg
+    stream = metrics.MetricStream(list(cfg["metric"]["names"]), metric_context(plan, built, sigmas, device), cfg["n_samples"])
+    trajectory: list = []
+    record = (lambda info: trajectory.append(info["x"][:TRAJECTORY_SAMPLES].cpu())) if cfg["log_trajectory"] else None
+    total = sum(stop - start for start, stop in chunk_list)
+    bar = tqdm(total=total, desc=f"{cfg['sampler']['name']} {len(sigmas) - 1} steps", disable=not cfg["progress"])
+    kept, nfe, sample_s, score_s = [], 0, 0.0, 0.0
+    for start, stop in chunk_list:
+        t0 = time.perf_counter()
+        out, x_start, info = sample_chunk(plan, built, sigmas, device, start, stop, record if start == 0 else None)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t1 = time.perf_counter()
+        nfe = info.nfe
+        images = built.decode(out) if built.decode is not None else out
+        stream.update(images, metric_batch(built, start, stop, x_start, device))
+        if start < LOGGED_SAMPLES:
+            kept.append(images[:LOGGED_SAMPLES - start].cpu())
+        if start == 0 and trajectory:
+            trajectory.append(out[:TRAJECTORY_SAMPLES].cpu())
+        sample_s, score_s = sample_s + t1 - t0, score_s + time.perf_counter() - t1
+        bar.update(stop - start)
     bar.close()
-    if trajectory:
-        trajectory.append(outputs[0][:TRAJECTORY_SAMPLES].cpu())
-    return torch.cat(outputs), torch.cat(starts), nfe, seconds, trajectory or None
+    return Streamed(stream, nfe, sample_s, score_s, torch.cat(kept) if kept else None, trajectory or None)
 
 
 def score(plan: RunPlan, built: C.BuiltModel, samples, x_start, sigmas, device) -> dict[str, float]:
+    """Metrics of samples held in memory, streamed in the runner's chunks (batch_size)."""
     names = list(plan.cfg["metric"]["names"])
     if not names:
         return {}
     from . import metrics
 
-    conditioning = batch_conditioning(built, range(plan.cfg["n_samples"]), device)
-    labels = conditioning.get("class_labels", conditioning.get("labels"))
-    context = metrics.MetricContext(
-        model=built.denoiser, x_start=x_start, sigma_start=float(sigmas[0]),
-        extra_args={**built.extra_args, **conditioning}, labels=labels, prompts=conditioning.get("prompts"), device=device, **built.metric_args,
-    )
-    return metrics.compute(names, samples, context)
+    stream = metrics.MetricStream(names, metric_context(plan, built, sigmas, device), samples.shape[0])
+    for start, stop in distributed.chunks(samples.shape[0], plan.cfg["batch_size"]):
+        stream.update(samples[start:stop], metric_batch(built, start, stop, x_start[start:stop], device))
+    return stream.compute()
 
 
 def _warn(what: str, err: Exception) -> None:
@@ -290,38 +351,45 @@ def objective_of(cfg: dict, row: dict) -> float | None:
 
 
 def execute(cfg: dict, *, job_num: int = 0, run_dir: str | None = None) -> dict:
-    """One run from a resolved config dict; returns the row (existing row if the run had finished)."""
+    """One run from a resolved config dict; returns the row (existing row if the run had finished).
+
+    Under torchrun every rank samples its chunks (:mod:`optsample.runner.distributed`); rank 0 merges
+    the metric statistics, writes the one row and hands it to the other ranks."""
     t_begin = time.perf_counter()
+    here = distributed.init()
     plan = plan_run(cfg, job_num=job_num)
     if not cfg["force"]:
         existing = results.find_row(plan.results_dir, plan.key)
         if existing is not None:
             log.info("skip %s: finished (%s)", run_name(plan), results.row_path(plan.results_dir, plan.key))
             return existing
-    device = resolve_device(cfg["device"], job_num)
+    device = resolve_device(cfg["device"], here.local_rank if here.size > 1 else job_num)
     t_build = time.perf_counter()
     built = build_model(cfg["model"], device, plan.dtype)
     sigmas = plan.sigmas if plan.sigmas is not None else _make_sigmas(cfg, plan.steps, built.schedule_args)
     build_s = time.perf_counter() - t_build
     with torch.inference_mode():
-        samples, x_start, nfe, sample_s, trajectory = generate(plan, built, sigmas, device)
-        t_score = time.perf_counter()
-        images = built.decode(samples) if built.decode is not None else samples
-        metric_values = score(plan, built, images, x_start, sigmas, device)
-        score_s = time.perf_counter() - t_score
-    row = make_row(plan, metric_values, nfe=nfe, steps=len(sigmas) - 1, device=device)
+        part = stream_run(plan, built, sigmas, device, distributed.rank_chunks(cfg["n_samples"], cfg["batch_size"], here))
+        t_reduce = time.perf_counter()
+        merged = distributed.reduce_stream(part.stream, here)
+        if not here.is_main:
+            return distributed.broadcast_from_main(None, here)
+        metric_values = merged.compute()
+        score_s = part.score_s + time.perf_counter() - t_reduce
+    row = make_row(plan, metric_values, nfe=part.nfe, steps=len(sigmas) - 1, device=device)
+    row["world_size"] = here.size
     t_log = time.perf_counter()
-    log_density = getattr(built.denoiser, "log_prob", None) if trajectory else None
-    log_run(plan, metric_values, images, trajectory, run_dir or str(plan.results_dir), log_density)
+    log_density = getattr(built.denoiser, "log_prob", None) if part.trajectory else None
+    log_run(plan, metric_values, part.samples, part.trajectory, run_dir or str(plan.results_dir), log_density)
     total_s = time.perf_counter() - t_begin
     row.update({
-        "time.build_s": build_s, "time.sample_s": sample_s, "time.score_s": score_s,
+        "time.build_s": build_s, "time.sample_s": part.sample_s, "time.score_s": score_s,
         "time.log_s": time.perf_counter() - t_log, "time.total_s": total_s,
-        "time.overhead_s": total_s - sample_s - score_s,
+        "time.overhead_s": total_s - part.sample_s - score_s,
     })
     results.append_row(plan.results_dir, row)
-    log.info("%s: NFE %d, %s -> %s", run_name(plan), nfe, metric_values, results.row_path(plan.results_dir, plan.key))
-    return row
+    log.info("%s: NFE %d, %s -> %s", run_name(plan), part.nfe, metric_values, results.row_path(plan.results_dir, plan.key))
+    return distributed.broadcast_from_main(row, here)
 
 
 def make_row(plan: RunPlan, metric_values: dict, *, nfe: int, steps: int, device: torch.device) -> dict:
