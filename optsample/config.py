@@ -256,7 +256,9 @@ def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
     from . import samplers, schedules
+    from .runner import distributed
 
+    distributed.register_resolver()  # ${optsample_now:...}: one output directory for all torchrun ranks
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
     for name in samplers.available():

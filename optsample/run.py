@@ -462,16 +462,18 @@ class SweepTableCallback(Callback):
 
 
 def config_path() -> str:
-    """Absolute path of the configs: the ``optsample.conf`` package data (an installed wheel, or the
-    editable checkout's conf/ mapped to that package), else the checkout's conf/."""
+    """Absolute path of the configs: the conf/ of the checkout optsample is imported from (a source tree,
+    recognised by its pyproject.toml next to conf/), else the ``optsample.conf`` package data (an installed
+    wheel, or an editable install's mapping, which may point at another checkout than the imported one)."""
     import importlib.util
 
+    checkout = Path(__file__).resolve().parent.parent
+    candidates = [str(checkout / "conf")] if (checkout / "pyproject.toml").exists() else []
     try:
         spec = importlib.util.find_spec("optsample.conf")
     except ImportError:
         spec = None
-    candidates = list(spec.submodule_search_locations or []) if spec is not None else []
-    candidates.append(str(Path(__file__).resolve().parent.parent / "conf"))
+    candidates += list(spec.submodule_search_locations or []) if spec is not None else []
     for folder in candidates:
         if (Path(folder) / "config.yaml").exists():
             return str(Path(folder).resolve())
@@ -479,8 +481,14 @@ def config_path() -> str:
 
 
 def main() -> None:
+    import sys
+
     import hydra
 
+    here = distributed.init()  # before Hydra: under torchrun the ranks must agree on the output directory
+    distributed.set_run_stamp(distributed.broadcast_from_main(time.time(), here))
+    if here.size > 1:
+        sys.argv += distributed.hydra_overrides(here, sys.argv[1:])
     C.register_configs()
     hydra.main(config_path=config_path(), config_name="config", version_base="1.3")(task)()
 

@@ -8,6 +8,11 @@ order), where the row is computed and written. Rank 0 computes alone, after the 
 ``compute()`` can hang (torchmetrics #2684). If a rank fails, the gather never completes, torchrun ends
 the others, and no row is written.
 
+Hydra under torchrun: every rank resolves ``${now:}`` itself and would make its own output directory
+(hydra #2070). The configs name their directories with ``${optsample_now:...}`` instead, rank 0's
+clock broadcast to all ranks before Hydra starts (:func:`set_run_stamp`); ranks > 0 write no ``.hydra``
+config copy and log to ``<job>.rank<r>.log`` in that directory (:func:`hydra_overrides`).
+
 Backends: gloo for CPU tensors, NCCL for CUDA ones ("cpu:gloo,cuda:nccl" when CUDA is there); the
 statistics travel as pickled CPU objects, so gloo carries them either way.
 """
@@ -15,7 +20,9 @@ statistics travel as pickled CPU objects, so gloo carries them either way.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
+from datetime import datetime
 
 import torch
 
@@ -98,3 +105,37 @@ def reduce_stream(stream, here: World):
     for state in states[1:]:
         merged.merge(type(stream)(stream.names, stream.ctx, stream.n_samples).load_state_dict(state))
     return merged
+
+
+_RUN_STAMP: list[float] = []  # rank 0's start time, the same on every rank
+
+
+def set_run_stamp(stamp: float) -> None:
+    _RUN_STAMP[:] = [float(stamp)]
+
+
+def run_stamp(fmt: str) -> str:
+    """The OmegaConf resolver ``${optsample_now:<strftime format>}``: Hydra's ``${now:}``, but rank 0's
+    time on every rank (the time of the first use in a process that never set it)."""
+    if not _RUN_STAMP:
+        set_run_stamp(time.time())
+    return datetime.fromtimestamp(_RUN_STAMP[0]).strftime(fmt)
+
+
+def register_resolver() -> None:
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("optsample_now", run_stamp, replace=True)
+
+
+def hydra_overrides(here: World, argv: list[str]) -> list[str]:
+    """Extra Hydra overrides for rank > 0 (none for rank 0): no config copy, a log file of its own."""
+    if here.is_main:
+        return []
+    taken = {arg.split("=", 1)[0].lstrip("+~") for arg in argv}
+    extra = []
+    if "hydra.output_subdir" not in taken:
+        extra.append("hydra.output_subdir=null")
+    if "hydra.job_logging.handlers.file.filename" not in taken:
+        extra.append(f"hydra.job_logging.handlers.file.filename=${{hydra.runtime.output_dir}}/${{hydra.job.name}}.rank{here.rank}.log")
+    return extra
