@@ -244,11 +244,15 @@ class RunConfig:
     objective: Optional[str] = None  # row key returned to the sweeper, e.g. metric.rmse
     progress: bool = True
     log_trajectory: bool = False  # hand the first samples' iterates to the logger (2-D plot)
+    shards: int = 1  # split the run across K jobs (optsample.runner.shards); the merged row is the unsharded one
+    shard: Optional[int] = None  # which of the K shards this job samples (0..K-1)
+    save_samples: str = "none"  # none | npz | png: write the samples per seed under <results_dir>/samples/<hash>
 
 
 # Keys that do not change a run's outcome: left out of the config hash so that re-running a sweep
 # with another results dir, logger or progress bar still finds its rows.
-UNHASHED_KEYS = ("results_dir", "force", "logger", "progress", "objective", "log_trajectory")
+UNHASHED_KEYS = ("results_dir", "force", "logger", "progress", "objective", "log_trajectory", "shards", "shard",
+                 "save_samples")
 
 
 def register_configs() -> None:

@@ -29,11 +29,12 @@ import torch
 from . import config as C
 from . import results
 from .devices import InDtype, model_dtype, resolve_device
-from .runner import distributed
+from .runner import distributed, shards
 
 log = logging.getLogger("optsample.run")
 
 TRAJECTORY_SAMPLES = 64
+SAVE_FORMATS = ("none", "npz", "png")
 VERSIONED_PACKAGES = ("optsample", "torch", "numpy", "hydra-core", "omegaconf", "diffusers")
 
 
@@ -99,6 +100,13 @@ def plan_run(cfg: dict, *, job_num: int = 0) -> RunPlan:
         _require(cfg[key] >= 1, f"{key} must be >= 1, got {cfg[key]}")
     steps = _resolve_steps(cfg, hparams)
     _check_metric_names(cfg["metric"]["names"])
+    _require(cfg["save_samples"] in SAVE_FORMATS, f"save_samples must be one of {SAVE_FORMATS}, got {cfg['save_samples']!r}")
+    if cfg["shards"] != 1 or cfg["shard"] is not None:
+        _require(cfg["shard"] is not None, f"shards={cfg['shards']} needs shard=<0..{cfg['shards'] - 1}>")
+        try:
+            shards.shard_chunks(cfg["n_samples"], cfg["batch_size"], cfg["shards"], cfg["shard"])
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     try:
         dtype = model_dtype(cfg["model"]["dtype"])
         resolve_device(cfg["device"], job_num)
@@ -368,12 +376,21 @@ def execute(cfg: dict, *, job_num: int = 0, run_dir: str | None = None) -> dict:
     built = build_model(cfg["model"], device, plan.dtype)
     sigmas = plan.sigmas if plan.sigmas is not None else _make_sigmas(cfg, plan.steps, built.schedule_args)
     build_s = time.perf_counter() - t_build
+    sharded = cfg["shard"] is not None
+    if sharded and not cfg["force"] and shards.shard_path(plan.results_dir, plan.key, cfg["shard"], cfg["shards"]).exists():
+        log.info("skip shard %d of %s: its statistics exist", cfg["shard"], run_name(plan))
+        return finish_shard(plan)
+    chunk_list = (shards.shard_chunks(cfg["n_samples"], cfg["batch_size"], cfg["shards"], cfg["shard"]) if sharded
+                  else distributed.chunks(cfg["n_samples"], cfg["batch_size"]))
     with torch.inference_mode():
-        part = stream_run(plan, built, sigmas, device, distributed.rank_chunks(cfg["n_samples"], cfg["batch_size"], here))
+        part = stream_run(plan, built, sigmas, device, chunk_list[here.rank::here.size])
         t_reduce = time.perf_counter()
         merged = distributed.reduce_stream(part.stream, here)
         if not here.is_main:
             return distributed.broadcast_from_main(None, here)
+        if sharded:
+            write_shard(plan, merged, part, device, here, chunk_list)
+            return distributed.broadcast_from_main(finish_shard(plan), here)
         metric_values = merged.compute()
         score_s = part.score_s + time.perf_counter() - t_reduce
     row = make_row(plan, metric_values, nfe=part.nfe, steps=len(sigmas) - 1, device=device)
@@ -390,6 +407,28 @@ def execute(cfg: dict, *, job_num: int = 0, run_dir: str | None = None) -> dict:
     results.append_row(plan.results_dir, row)
     log.info("%s: NFE %d, %s -> %s", run_name(plan), part.nfe, metric_values, results.row_path(plan.results_dir, plan.key))
     return distributed.broadcast_from_main(row, here)
+
+
+def write_shard(plan: RunPlan, stream, part: Streamed, device, here, chunk_list) -> None:
+    """Shard ``cfg.shard``'s statistics with their fingerprint, written once and atomically."""
+    cfg = plan.cfg
+    fingerprint = {"config_hash": plan.key, "shard": cfg["shard"], "shards": cfg["shards"], "revision": git_revision(),
+                   "seed_range": [chunk_list[0][0], chunk_list[-1][1]], "seed": cfg["seed"]}
+    info = {"nfe": part.nfe, "device": str(device), "world_size": here.size, "sample_s": part.sample_s,
+            "score_s": part.score_s, "host": platform.node()}
+    path = shards.shard_path(plan.results_dir, plan.key, cfg["shard"], cfg["shards"])
+    shards.write_atomic(path, {"fingerprint": fingerprint, "state": stream.state_dict(), "cfg": cfg, "info": info})
+    log.info("%s: shard %d of %d (samples %d..%d) -> %s", run_name(plan), cfg["shard"], cfg["shards"],
+             *fingerprint["seed_range"], path)
+
+
+def finish_shard(plan: RunPlan) -> dict:
+    """The row if this shard completed the set (the last shard merges), else what this shard wrote."""
+    cfg = plan.cfg
+    if shards.complete(plan.results_dir, plan.key, cfg["shards"]):
+        return shards.merge(plan.results_dir, plan.key)
+    return {"config_hash": plan.key, "shard": cfg["shard"], "shards": cfg["shards"],
+            "shard_path": str(shards.shard_path(plan.results_dir, plan.key, cfg["shard"], cfg["shards"]))}
 
 
 def make_row(plan: RunPlan, metric_values: dict, *, nfe: int, steps: int, device: torch.device) -> dict:

@@ -1,0 +1,97 @@
+"""Shards across jobs (optsample.runner.shards): K shards merged == the unsharded row; missing, foreign,
+duplicated, overlapping and other-revision shards refused by name; a re-run shard gives the same statistics."""
+
+import shutil
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from optsample import config as C
+from optsample import results
+from optsample import run as R
+from optsample.runner import shards
+
+BASE = ["model=gmm2d", "sampler=dpmpp_2m", "nfe=6", "n_samples=48", "batch_size=8", "metric=analytic", "logger=none",
+        "progress=false", "device=cpu"]
+NAMES = ["rmse", "loglik", "mode_error", "mmd", "sliced_wasserstein"]
+
+
+def cfg_of(*overrides):
+    C.register_configs()
+    with initialize_config_dir(config_dir=R.config_path(), version_base="1.3"):
+        return OmegaConf.to_container(compose("config", overrides=[*BASE, *overrides]), resolve=True)
+
+
+@pytest.fixture(scope="module")
+def unsharded(tmp_path_factory):
+    return R.execute(cfg_of(f"results_dir={tmp_path_factory.mktemp('one')}"))
+
+
+def test_shard_chunks_partition_the_run():
+    parts = [shards.shard_chunks(48, 8, 4, i) for i in range(4)]
+    assert [c for part in parts for c in part] == [(s, s + 8) for s in range(0, 48, 8)]  # 6 chunks over 4 shards
+    assert [len(p) for p in parts] == [1, 2, 1, 2]
+    with pytest.raises(ValueError, match=r"shards must be in \[1, 6\].*got 7"):
+        shards.shard_chunks(48, 8, 7, 0)
+    with pytest.raises(ValueError, match=r"shard must be in \[0, shards=3\), got 3"):
+        shards.shard_chunks(48, 8, 3, 3)
+    with pytest.raises(R.ConfigError, match="shards=3 needs shard="):
+        R.plan_run(cfg_of("shards=3"))
+
+
+def test_three_shards_merge_to_the_unsharded_row(tmp_path, unsharded):
+    out = [R.execute(cfg_of(f"results_dir={tmp_path}", "shards=3", f"shard={i}")) for i in (2, 0, 1)]
+    assert "shard_path" in out[0] and "shard_path" in out[1]  # not complete yet: no row
+    row = out[2]  # the last shard merged
+    assert row["config_hash"] == unsharded["config_hash"] and row["world_size"] == 3
+    for name in NAMES:
+        assert row[f"metric.{name}"] == pytest.approx(unsharded[f"metric.{name}"], rel=1e-12, abs=0), name
+    assert results.find_row(tmp_path, row["config_hash"])["metric.rmse"] == row["metric.rmse"]
+    # optsample-merge writes the same row again from the files alone
+    (tmp_path / f"{row['config_hash']}.json").unlink()
+    assert shards.main([str(tmp_path)]) == 0
+    assert results.find_row(tmp_path, row["config_hash"])["metric.mmd"] == row["metric.mmd"]
+
+
+def test_refused_shards_are_named(tmp_path, capsys):
+    key = R.plan_run(cfg_of()).key
+    for i in (0, 2):
+        R.execute(cfg_of(f"results_dir={tmp_path}", "shards=3", f"shard={i}"))
+    with pytest.raises(shards.ShardError, match=r"missing shard\(s\) \[1\] of 3 .*shard-0001-of-0003.pt"):
+        shards.merge(tmp_path, key)
+    assert shards.main([str(tmp_path)]) == 1 and "missing shard" in capsys.readouterr().err
+    assert results.find_row(tmp_path, key) is None
+    folder = shards.shard_dir(tmp_path, key)
+    # duplicated: shard 0's file copied as shard 1
+    shutil.copy(folder / "shard-0000-of-0003.pt", folder / "shard-0001-of-0003.pt")
+    with pytest.raises(shards.ShardError, match=r"shard .*shard-0001-of-0003.pt says it is shard 0 of 3"):
+        shards.merge(tmp_path, key)
+    # foreign: a shard of another config (seed=1) under this config's folder
+    other = R.execute(cfg_of(f"results_dir={tmp_path}", "seed=1", "shards=3", "shard=1"))
+    shutil.copy(other["shard_path"], folder / "shard-0001-of-0003.pt")
+    with pytest.raises(shards.ShardError, match=rf"foreign shard .*shard-0001-of-0003.pt: it is of config {other['config_hash']}"):
+        shards.merge(tmp_path, key)
+    # another revision: the last shard to finish finds the set complete and refuses it (the job fails)
+    payload = torch.load(folder / "shard-0002-of-0003.pt", weights_only=False)
+    payload["fingerprint"]["revision"] = "0123abc"
+    torch.save(payload, folder / "shard-0002-of-0003.pt")
+    with pytest.raises(shards.ShardError, match=r"shard .*shard-0002-of-0003.pt is from revision 0123abc"):
+        R.execute(cfg_of(f"results_dir={tmp_path}", "shards=3", "shard=1", "force=true"))
+    assert results.find_row(tmp_path, key) is None
+
+
+def test_rerun_shard_gives_the_same_statistics(tmp_path):
+    cfg = cfg_of(f"results_dir={tmp_path}", "shards=2", "shard=1")
+    path = R.execute(cfg)["shard_path"]
+    first = torch.load(path, weights_only=False)["state"]
+    (tmp_path / "shards" / ".leftover.tmp").write_bytes(b"a killed writer's temp file")  # ignored by readers
+    R.execute({**cfg, "force": True})
+    second = torch.load(path, weights_only=False)["state"]
+    assert first["ranges"] == second["ranges"] == [(24, 32), (32, 40), (40, 48)]
+    for name in NAMES:
+        a, b = first["stats"][name], second["stats"][name]
+        assert a["sums"].keys() == b["sums"].keys()
+        assert all(torch.equal(a["sums"][k], b["sums"][k]) for k in a["sums"])  # bitwise
+        assert all(torch.equal(a["by_start"][k], b["by_start"][k]) for k in a.get("by_start", {}))
