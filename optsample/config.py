@@ -188,6 +188,7 @@ register_model(GMMConfig(name="gmm64", dim=64, components=8), build_gmm)
 @dataclass
 class MetricConfig:
     names: List[str] = field(default_factory=list)
+    reference_stats: Optional[str] = None  # FID reference statistics: an .npz with mu, sigma (pytorch-fid / EDM format)
 
 
 METRIC_PRESETS = {

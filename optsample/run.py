@@ -244,8 +244,45 @@ def metric_context(plan: RunPlan, built: C.BuiltModel, sigmas, device):
     """The run's MetricContext: what is the same for every batch (model, reference, feature net)."""
     from . import metrics
 
+    args = dict(built.metric_args)
+    if plan.cfg["metric"].get("reference_stats"):
+        args["reference_stats"] = _absolute(plan.cfg["metric"]["reference_stats"])
     return metrics.MetricContext(model=built.denoiser, sigma_start=float(sigmas[0]), extra_args=dict(built.extra_args),
-                                 device=device, **built.metric_args)
+                                 device=device, **args)
+
+
+def samples_dir(plan: RunPlan) -> Path:
+    return plan.results_dir / "samples" / plan.key
+
+
+def save_samples(plan: RunPlan, images: torch.Tensor, start: int) -> None:
+    """Write samples start.. as ``save_samples`` says: ``npz`` one file per chunk (``samples``, ``seeds``);
+    ``png`` one file per sample ``<k - k % 1000:06d>/<k:06d>.png`` for sample index k, quantised as
+    NVlabs/edm generate.py (x * 127.5 + 128, clipped to uint8). Atomic per file."""
+    import numpy as np
+
+    kind, folder = plan.cfg["save_samples"], samples_dir(plan)
+    seeds = np.asarray(sample_seeds(plan.cfg["seed"], start, start + images.shape[0]), dtype=np.int64)
+    if kind == "npz":
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"samples-{start:08d}-{start + images.shape[0]:08d}.npz"
+        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(temp, "wb") as f:
+            np.savez(f, samples=images.detach().cpu().float().numpy(), seeds=seeds)
+        os.replace(temp, path)
+        return
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ConfigError(f"save_samples=png needs images [N, 1 or 3, H, W], got shape {tuple(images.shape)}; use save_samples=npz")
+    from PIL import Image
+
+    pixels = (images.detach().cpu().float() * 127.5 + 128).clip(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    for offset, picture in enumerate(pixels):
+        k = start + offset
+        path = folder / f"{k - k % 1000:06d}" / f"{k:06d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        Image.fromarray(picture[..., 0] if picture.shape[-1] == 1 else picture).save(temp, format="PNG")
+        os.replace(temp, path)
 
 
 def metric_batch(built: C.BuiltModel, start: int, stop: int, x_start, device):
@@ -295,6 +332,8 @@ def stream_run(plan: RunPlan, built: C.BuiltModel, sigmas: torch.Tensor, device:
         nfe = info.nfe
         images = built.decode(out) if built.decode is not None else out
         stream.update(images, metric_batch(built, start, stop, x_start, device))
+        if cfg["save_samples"] != "none":
+            save_samples(plan, images, start)
         if start < LOGGED_SAMPLES:
             kept.append(images[:LOGGED_SAMPLES - start].cpu())
         if start == 0 and trajectory:

@@ -2,6 +2,7 @@
 duplicated, overlapping and other-revision shards refused by name; a re-run shard gives the same statistics."""
 
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -95,3 +96,45 @@ def test_rerun_shard_gives_the_same_statistics(tmp_path):
         assert a["sums"].keys() == b["sums"].keys()
         assert all(torch.equal(a["sums"][k], b["sums"][k]) for k in a["sums"])  # bitwise
         assert all(torch.equal(a["by_start"][k], b["by_start"][k]) for k in a.get("by_start", {}))
+
+
+def test_save_samples_npz_per_seed_equal_the_samples(tmp_path):
+    """save_samples=npz: one file per chunk, whose samples are generate()'s and whose seeds are (seed << 32) + k."""
+    import numpy as np
+
+    cfg = cfg_of(f"results_dir={tmp_path}", "save_samples=npz", "n_samples=20", "metric=none", "seed=3")
+    R.execute(cfg)
+    plan = R.plan_run(cfg)
+    files = sorted(R.samples_dir(plan).glob("*.npz"))
+    assert [f.name for f in files] == ["samples-00000000-00000008.npz", "samples-00000008-00000016.npz",
+                                       "samples-00000016-00000020.npz"]
+    loaded = [np.load(f) for f in files]
+    samples = np.concatenate([d["samples"] for d in loaded])
+    assert np.concatenate([d["seeds"] for d in loaded]).tolist() == [(3 << 32) + k for k in range(20)]
+    built = C.MODELS["gmm2d"].build(cfg["model"])
+    expected, *_ = R.generate(plan, built, plan.sigmas, torch.device("cpu"))
+    assert np.array_equal(samples, expected.numpy())
+    with pytest.raises(R.ConfigError, match="save_samples must be one of"):
+        R.plan_run({**cfg, "save_samples": "jpg"})
+    with pytest.raises(R.ConfigError, match=r"save_samples=png needs images \[N, 1 or 3, H, W\], got shape \(8, 2\)"):
+        R.execute({**cfg, "save_samples": "png", "force": True})
+
+
+def test_save_samples_png_edm_layout(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    plan = R.plan_run(cfg_of(f"results_dir={tmp_path}", "save_samples=png"))
+    images = torch.linspace(-1, 1, 2 * 3 * 4 * 5).reshape(2, 3, 4, 5)
+    R.save_samples(plan, images, 999)
+    first, second = (R.samples_dir(plan) / "000000" / "000999.png"), (R.samples_dir(plan) / "001000" / "001000.png")
+    pixels = torch.from_numpy(np.array(Image.open(second)))
+    assert first.exists() and pixels.shape == (4, 5, 3)
+    assert torch.equal(pixels, (images[1] * 127.5 + 128).clip(0, 255).to(torch.uint8).permute(1, 2, 0))  # EDM's quantisation
+
+
+def test_metric_reference_stats_reaches_the_metrics(tmp_path):
+    cfg = cfg_of(f"results_dir={tmp_path}", "metric.reference_stats=stats/cifar10.npz")
+    plan = R.plan_run(cfg)
+    ctx = R.metric_context(plan, C.MODELS["gmm2d"].build(cfg["model"]), plan.sigmas, torch.device("cpu"))
+    assert ctx.reference_stats == str(Path.cwd() / "stats" / "cifar10.npz")  # relative to the launch directory
