@@ -138,3 +138,20 @@ def test_metric_reference_stats_reaches_the_metrics(tmp_path):
     plan = R.plan_run(cfg)
     ctx = R.metric_context(plan, C.MODELS["gmm2d"].build(cfg["model"]), plan.sigmas, torch.device("cpu"))
     assert ctx.reference_stats == str(Path.cwd() / "stats" / "cifar10.npz")  # relative to the launch directory
+
+
+def test_submitit_local_array_over_shards_writes_the_unsharded_row(tmp_path, unsharded):
+    """hydra/launcher=submitit_local over shard=0,1 (the SLURM-array command with the local executor)."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "optsample.run", "-m", "hydra/launcher=submitit_local", *BASE, "results_dir=sub",
+           "shards=2", "shard=0,1", "hydra.launcher.timeout_min=5"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (row,) = results.read_rows(tmp_path / "sub")
+    assert row["config_hash"] == unsharded["config_hash"] and row["world_size"] == 2
+    for name in NAMES:
+        assert row[f"metric.{name}"] == pytest.approx(unsharded[f"metric.{name}"], rel=1e-12, abs=0), name
