@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in keys:
         try:
             row = merge(args.results_dir, key)
-            metrics = {k: v for k, v in row.items() if k.startswith("metric.") and k != "metric.names"}
+            metrics = {k: round(v, 6) for k, v in row.items() if k.startswith("metric.") and isinstance(v, float)}
             print(f"{key}: {len(shard_files(args.results_dir, key))} shards -> {metrics}")
         except ShardError as err:
             failed += 1
