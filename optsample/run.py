@@ -344,19 +344,6 @@ def stream_run(plan: RunPlan, built: C.BuiltModel, sigmas: torch.Tensor, device:
     return Streamed(stream, nfe, sample_s, score_s, torch.cat(kept) if kept else None, trajectory or None)
 
 
-def score(plan: RunPlan, built: C.BuiltModel, samples, x_start, sigmas, device) -> dict[str, float]:
-    """Metrics of samples held in memory, streamed in the runner's chunks (batch_size)."""
-    names = list(plan.cfg["metric"]["names"])
-    if not names:
-        return {}
-    from . import metrics
-
-    stream = metrics.MetricStream(names, metric_context(plan, built, sigmas, device), samples.shape[0])
-    for start, stop in distributed.chunks(samples.shape[0], plan.cfg["batch_size"]):
-        stream.update(samples[start:stop], metric_batch(built, start, stop, x_start[start:stop], device))
-    return stream.compute()
-
-
 def _warn(what: str, err: Exception) -> None:
     message = f"{what} failed ({type(err).__name__}: {err}); the run goes on"
     log.warning(message)
