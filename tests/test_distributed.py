@@ -60,3 +60,13 @@ def test_failing_rank_fails_the_run_and_writes_no_row(tmp_path):
     assert out.returncode != 0
     assert "rank 1 fails on purpose" in out.stderr + out.stdout
     assert rows(tmp_path / "failed") == []
+
+
+def test_rank_overrides_and_shared_stamp():
+    assert distributed.hydra_overrides(distributed.World(0, 2), []) == []
+    extra = distributed.hydra_overrides(distributed.World(1, 2), ["hydra.output_subdir=out"])
+    assert extra == ["hydra.job_logging.handlers.file.filename=${hydra.runtime.output_dir}/${hydra.job.name}.rank1.log"]
+    distributed.set_run_stamp(0.0)  # what rank 0 broadcasts: every rank formats the same instant
+    from datetime import datetime
+
+    assert distributed.run_stamp("%Y-%m-%d_%H-%M-%S") == datetime.fromtimestamp(0.0).strftime("%Y-%m-%d_%H-%M-%S")
