@@ -225,9 +225,9 @@ def sample_chunk(plan: RunPlan, built: C.BuiltModel, sigmas: torch.Tensor, devic
 
 
 def generate(plan: RunPlan, built: C.BuiltModel, sigmas: torch.Tensor, device: torch.device):
-    """All n_samples in batches, kept in memory; returns (samples, x_start, nfe per sample, seconds,
-    trajectory or None). The runner itself streams (:func:`stream_run`); this is for callers that want
-    the samples."""
+    """All n_samples in batches, kept in memory; returns (samples, x_start, nfe per sample, seconds, None).
+    For callers that want the samples; the runner streams them (:func:`stream_run`, which also records
+    the trajectory for the logger)."""
     outputs, starts, nfe = [], [], 0
     start_time = time.perf_counter()
     for start, stop in distributed.chunks(plan.cfg["n_samples"], plan.cfg["batch_size"]):
@@ -405,7 +405,7 @@ def execute(cfg: dict, *, job_num: int = 0, run_dir: str | None = None) -> dict:
     sharded = cfg["shard"] is not None
     if sharded and not cfg["force"] and shards.shard_path(plan.results_dir, plan.key, cfg["shard"], cfg["shards"]).exists():
         log.info("skip shard %d of %s: its statistics exist", cfg["shard"], run_name(plan))
-        return finish_shard(plan)
+        return distributed.broadcast_from_main(finish_shard(plan) if here.is_main else None, here)
     chunk_list = (shards.shard_chunks(cfg["n_samples"], cfg["batch_size"], cfg["shards"], cfg["shard"]) if sharded
                   else distributed.chunks(cfg["n_samples"], cfg["batch_size"]))
     with torch.inference_mode():
