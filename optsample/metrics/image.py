@@ -151,7 +151,9 @@ class KID(Statistic):
         self.seen(samples)
         if samples.shape[0] < 2:
             raise NotApplicable(f"KID needs batches of at least 2 samples, got {samples.shape[0]} at {batch.start}")
-        real = reference_features(samples, self.ctx, "kid")
+        if not hasattr(self, "_real"):  # loaded (or computed and cached on disk) once per stream
+            self._real = reference_features(samples, self.ctx, "kid")
+        real = self._real
         generator = torch.Generator().manual_seed((self.ctx.reference_seed << 32) + batch.start)
         subset = torch.randperm(real.shape[0], generator=generator)[:min(samples.shape[0], real.shape[0])]
         self.add("mmd2_sum", poly_mmd2(sample_features(samples, self.ctx), real[subset]))
