@@ -78,10 +78,13 @@ def _resolve_steps(cfg: dict, hparams: dict) -> int | None:
 
 def hashed_config(cfg: dict) -> dict:
     """The part of the config that decides the outcome (config.UNHASHED_KEYS dropped; with an NFE
-    budget the step count is derived, so ``steps`` is dropped too)."""
+    budget the step count is derived, so ``steps`` is dropped too; keys added later with a default that
+    changes nothing, such as ``metric.reference_stats=None``, are dropped so earlier rows keep their hash)."""
     kept = {k: v for k, v in cfg.items() if k not in C.UNHASHED_KEYS}
     if kept.get("nfe") is not None:
         kept["steps"] = None
+    if isinstance(kept.get("metric"), dict) and kept["metric"].get("reference_stats") is None:
+        kept["metric"] = {k: v for k, v in kept["metric"].items() if k != "reference_stats"}
     return kept
 
 

@@ -155,3 +155,16 @@ def test_submitit_local_array_over_shards_writes_the_unsharded_row(tmp_path, uns
     assert row["config_hash"] == unsharded["config_hash"] and row["world_size"] == 2
     for name in NAMES:
         assert row[f"metric.{name}"] == pytest.approx(unsharded[f"metric.{name}"], rel=1e-12, abs=0), name
+
+
+def test_new_keys_leave_earlier_config_hashes_alone():
+    """shards / shard / save_samples are unhashed and metric.reference_stats=None is dropped, so a config
+    hashes as it did before these keys existed; a reference .npz does change the hash."""
+    cfg = cfg_of()
+    before = {k: v for k, v in cfg.items() if k not in ("shards", "shard", "save_samples")}
+    before["metric"] = {"names": cfg["metric"]["names"]}
+    legacy = {k: v for k, v in before.items() if k not in C.UNHASHED_KEYS}
+    legacy["steps"] = None  # nfe budget
+    assert R.plan_run(cfg).key == results.config_hash(legacy)
+    assert R.plan_run(cfg_of("metric.reference_stats=ref.npz")).key != R.plan_run(cfg).key
+    assert R.plan_run(cfg_of("shards=2", "shard=1", "save_samples=npz")).key == R.plan_run(cfg).key
