@@ -238,6 +238,7 @@ class RunConfig:
     nfe: Optional[int] = None  # NFE budget; if set, steps = steps_for_nfe(sampler, nfe, **hp)
     n_samples: int = 256
     batch_size: int = 256
+    chunk_size: Optional[int] = None  # seeds per chunk (ranks, shards, metric updates, KID subsets); None: batch_size
     seed: int = 0  # sample k starts from seed (seed << 32) + k
     device: str = "auto"  # auto | cpu | cuda | cuda:<i> | mps
     results_dir: str = "runs/${name}"  # result rows, not committed; tables made from them go in results/

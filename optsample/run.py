@@ -79,10 +79,12 @@ def _resolve_steps(cfg: dict, hparams: dict) -> int | None:
 def hashed_config(cfg: dict) -> dict:
     """The part of the config that decides the outcome (config.UNHASHED_KEYS dropped; with an NFE
     budget the step count is derived, so ``steps`` is dropped too; keys added later with a default that
-    changes nothing, such as ``metric.reference_stats=None``, are dropped so earlier rows keep their hash)."""
+    changes nothing, ``chunk_size=None`` and ``metric.reference_stats=None``, are dropped so earlier rows keep their hash)."""
     kept = {k: v for k, v in cfg.items() if k not in C.UNHASHED_KEYS}
     if kept.get("nfe") is not None:
         kept["steps"] = None
+    if kept.get("chunk_size") is None:
+        kept.pop("chunk_size", None)
     if isinstance(kept.get("metric"), dict) and kept["metric"].get("reference_stats") is None:
         kept["metric"] = {k: v for k, v in kept["metric"].items() if k != "reference_stats"}
     return kept
@@ -101,13 +103,14 @@ def plan_run(cfg: dict, *, job_num: int = 0) -> RunPlan:
     _require(cfg["model"]["name"] in C.MODELS, f"model {cfg['model']['name']!r} is not one of {sorted(C.MODELS)}")
     for key in ("n_samples", "batch_size"):
         _require(cfg[key] >= 1, f"{key} must be >= 1, got {cfg[key]}")
+    _require(cfg["chunk_size"] is None or cfg["chunk_size"] >= 1, f"chunk_size must be >= 1, got {cfg['chunk_size']}")
     steps = _resolve_steps(cfg, hparams)
     _check_metric_names(cfg["metric"]["names"])
     _require(cfg["save_samples"] in SAVE_FORMATS, f"save_samples must be one of {SAVE_FORMATS}, got {cfg['save_samples']!r}")
     if cfg["shards"] != 1 or cfg["shard"] is not None:
         _require(cfg["shard"] is not None, f"shards={cfg['shards']} needs shard=<0..{cfg['shards'] - 1}>")
         try:
-            shards.shard_chunks(cfg["n_samples"], cfg["batch_size"], cfg["shards"], cfg["shard"])
+            shards.shard_chunks(cfg["n_samples"], chunk_size(cfg), cfg["shards"], cfg["shard"])
         except ValueError as err:
             raise ConfigError(str(err)) from None
     try:
@@ -210,21 +213,35 @@ def batch_conditioning(built: C.BuiltModel, indices, device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
 
 
+def chunk_size(cfg: dict) -> int:
+    """Samples per chunk: the unit of the seed split across ranks and shards, of the metric updates and
+    of KID's subsets (``chunk_size``, default ``batch_size``); a chunk is sampled in batches of batch_size."""
+    return cfg["chunk_size"] or cfg["batch_size"]
+
+
 def sample_chunk(plan: RunPlan, built: C.BuiltModel, sigmas: torch.Tensor, device: torch.device, start: int, stop: int,
                  callback=None):
-    """Samples start..stop (seeds :func:`sample_seeds`); returns (samples, x_start, sampler info)."""
+    """Samples start..stop (seeds :func:`sample_seeds`) in batches of ``batch_size``; returns (samples,
+    x_start, the last batch's sampler info). ``callback`` sees the first batch only."""
     from .samplers import initial_noise, sample
 
     cfg = plan.cfg
     denoiser = built.denoiser if plan.dtype == torch.float32 else InDtype(built.denoiser, plan.dtype)
-    seeds = sample_seeds(cfg["seed"], start, stop)
-    x_start = initial_noise(seeds, built.sample_shape, device=device) * float(sigmas[0])
-    out, info = sample(
-        cfg["sampler"]["name"], denoiser, x_start, sigmas.to(device), seeds=seeds,
-        extra_args={**built.extra_args, **batch_conditioning(built, range(start, stop), device)},
-        return_info=True, callback=callback, **plan.hparams,
-    )
-    return out, x_start, info
+    outputs, starts = [], []
+    for first in range(start, stop, cfg["batch_size"]):
+        last = min(first + cfg["batch_size"], stop)
+        seeds = sample_seeds(cfg["seed"], first, last)
+        x_start = initial_noise(seeds, built.sample_shape, device=device) * float(sigmas[0])
+        out, info = sample(
+            cfg["sampler"]["name"], denoiser, x_start, sigmas.to(device), seeds=seeds,
+            extra_args={**built.extra_args, **batch_conditioning(built, range(first, last), device)},
+            return_info=True, callback=callback if first == start else None, **plan.hparams,
+        )
+        outputs.append(out)
+        starts.append(x_start)
+    if len(outputs) == 1:
+        return outputs[0], starts[0], info
+    return torch.cat(outputs), torch.cat(starts), info
 
 
 def generate(plan: RunPlan, built: C.BuiltModel, sigmas: torch.Tensor, device: torch.device):
@@ -233,7 +250,7 @@ def generate(plan: RunPlan, built: C.BuiltModel, sigmas: torch.Tensor, device: t
     the trajectory for the logger)."""
     outputs, starts, nfe = [], [], 0
     start_time = time.perf_counter()
-    for start, stop in distributed.chunks(plan.cfg["n_samples"], plan.cfg["batch_size"]):
+    for start, stop in distributed.chunks(plan.cfg["n_samples"], chunk_size(plan.cfg)):
         out, x_start, info = sample_chunk(plan, built, sigmas, device, start, stop)
         outputs.append(out)
         starts.append(x_start)
@@ -409,8 +426,8 @@ def execute(cfg: dict, *, job_num: int = 0, run_dir: str | None = None) -> dict:
     if sharded and not cfg["force"] and shards.shard_path(plan.results_dir, plan.key, cfg["shard"], cfg["shards"]).exists():
         log.info("skip shard %d of %s: its statistics exist", cfg["shard"], run_name(plan))
         return distributed.broadcast_from_main(finish_shard(plan) if here.is_main else None, here)
-    chunk_list = (shards.shard_chunks(cfg["n_samples"], cfg["batch_size"], cfg["shards"], cfg["shard"]) if sharded
-                  else distributed.chunks(cfg["n_samples"], cfg["batch_size"]))
+    chunk_list = (shards.shard_chunks(cfg["n_samples"], chunk_size(cfg), cfg["shards"], cfg["shard"]) if sharded
+                  else distributed.chunks(cfg["n_samples"], chunk_size(cfg)))
     with torch.inference_mode():
         part = stream_run(plan, built, sigmas, device, chunk_list[here.rank::here.size])
         t_reduce = time.perf_counter()

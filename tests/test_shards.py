@@ -161,10 +161,29 @@ def test_new_keys_leave_earlier_config_hashes_alone():
     """shards / shard / save_samples are unhashed and metric.reference_stats=None is dropped, so a config
     hashes as it did before these keys existed; a reference .npz does change the hash."""
     cfg = cfg_of()
-    before = {k: v for k, v in cfg.items() if k not in ("shards", "shard", "save_samples")}
+    before = {k: v for k, v in cfg.items() if k not in ("shards", "shard", "save_samples", "chunk_size")}
     before["metric"] = {"names": cfg["metric"]["names"]}
     legacy = {k: v for k, v in before.items() if k not in C.UNHASHED_KEYS}
     legacy["steps"] = None  # nfe budget
     assert R.plan_run(cfg).key == results.config_hash(legacy)
     assert R.plan_run(cfg_of("metric.reference_stats=ref.npz")).key != R.plan_run(cfg).key
     assert R.plan_run(cfg_of("shards=2", "shard=1", "save_samples=npz")).key == R.plan_run(cfg).key
+    assert R.plan_run(cfg_of("chunk_size=24")).key != R.plan_run(cfg).key  # KID's subsets change with it
+
+
+def test_chunks_of_several_batches_give_the_same_samples(tmp_path):
+    """chunk_size=24 with batch_size=8: each chunk sampled in 3 batches, samples bitwise those of 8-sample
+    chunks; the shard file records 24-sample chunks."""
+    import numpy as np
+
+    cfg = cfg_of(f"results_dir={tmp_path}", "save_samples=npz", "chunk_size=24", "metric=none", "shards=2", "shard=0")
+    R.execute(cfg)
+    plan = R.plan_run(cfg)
+    (file,) = sorted(R.samples_dir(plan).glob("*.npz"))
+    assert file.name == "samples-00000000-00000024.npz"
+    reference = cfg_of()
+    expected, *_ = R.generate(R.plan_run(reference), C.MODELS["gmm2d"].build(cfg["model"]), plan.sigmas, torch.device("cpu"))
+    assert np.array_equal(np.load(file)["samples"], expected[:24].numpy())
+    assert torch.load(shards.shard_path(tmp_path, plan.key, 0, 2), weights_only=False)["state"]["ranges"] == [(0, 24)]
+    with pytest.raises(R.ConfigError, match="chunk_size must be >= 1, got 0"):
+        R.plan_run({**cfg, "chunk_size": 0})

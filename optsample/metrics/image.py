@@ -142,11 +142,11 @@ def poly_mmd2(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
 @register_statistic("kid")
 class KID(Statistic):
     """Kernel inception distance: mean over subsets of the unbiased cubic-kernel MMD^2 (Binkowski et al.
-    2018, sec. 3). The subsets are the streamed batches (the runner's chunks of ``batch_size`` samples),
+    2018, sec. 3). The subsets are the streamed batches (the runner's chunks of ``chunk_size`` samples),
     each against a reference subset of the same size drawn with seed (reference_seed, first index), so
     the value does not depend on which process or shard saw the batch; state: sum of MMD^2, #subsets.
-    The subset size is the chunk size (the runner's ``batch_size``): its mean does not depend on it, its
-    variance does (use chunks of 1,000 for the usual KID)."""
+    The subset size is the chunk size: its mean does not depend on it, its variance does (the usual KID:
+    ``chunk_size=1000``)."""
 
     def update(self, samples: torch.Tensor, batch: Batch) -> None:
         _check_images(samples, "kid")

@@ -35,7 +35,7 @@ def shard_chunks(n_samples: int, chunk_size: int, shards: int, shard: int) -> li
     """Shard ``shard`` of ``shards``: chunks [i M / K, (i + 1) M / K) of the M chunks (contiguous)."""
     every = distributed.chunks(n_samples, chunk_size)
     if not 1 <= shards <= len(every):
-        raise ValueError(f"shards must be in [1, {len(every)}] (the number of chunks of batch_size), got {shards}")
+        raise ValueError(f"shards must be in [1, {len(every)}] (the number of chunks of chunk_size), got {shards}")
     if not 0 <= shard < shards:
         raise ValueError(f"shard must be in [0, shards={shards}), got {shard}")
     return every[shard * len(every) // shards:(shard + 1) * len(every) // shards]
