@@ -254,6 +254,10 @@ def test_clip_score_equals_hand_computed(tmp_path):
     assert (cos > 0.05).all() and abs(matching - swapped) > 1.0  # measured: 32.86 vs 29.54
     ctx = MetricContext(None, prompts=prompts, clip_model=(model, tokenizer))
     assert metrics.compute(["clip_score"], images, ctx)["clip_score"] == pytest.approx(matching, abs=1e-4)
+    # streamed one image at a time (each chunk with its own prompts): the same mean of the same scores;
+    # the float32 network sees other batch shapes, hence 1e-6 rather than 1e-12
+    one_by_one = metrics.compute(["clip_score"], images, ctx, chunk_size=1)["clip_score"]
+    assert one_by_one == pytest.approx(metrics.compute(["clip_score"], images, ctx)["clip_score"], rel=1e-6)
     ctx.prompts = prompts[::-1]
     assert metrics.compute(["clip_score"], images, ctx)["clip_score"] == pytest.approx(swapped, abs=1e-4)
     with pytest.raises(ValueError, match="needs prompts"):

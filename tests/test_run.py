@@ -33,6 +33,32 @@ def stub_compute(names, samples, context):
     return {name: value for name in names}
 
 
+class StubStream:
+    """Stand-in for optsample.metrics.MetricStream: keeps the batches, applies stub_compute at the end."""
+
+    def __init__(self, names, ctx, n_samples):
+        self.names, self.ctx, self.n_samples, self.parts = list(names), ctx, n_samples, []
+
+    def update(self, samples, batch):
+        self.parts.append((batch.start, samples, batch.x_start))
+
+    def state_dict(self):
+        return {"parts": list(self.parts)}
+
+    def load_state_dict(self, state):
+        self.parts = list(state["parts"])
+        return self
+
+    def merge(self, other):
+        self.parts += other.parts
+        return self
+
+    def compute(self):
+        parts = sorted(self.parts, key=lambda p: p[0])
+        samples, x_start = torch.cat([p[1] for p in parts]), torch.cat([p[2] for p in parts])
+        return stub_compute(self.names, samples, types.SimpleNamespace(x_start=x_start)) if self.names else {}
+
+
 class StubLogger:
     calls: list = []
 
@@ -54,6 +80,8 @@ def in_tmp(tmp_path, monkeypatch):
     metrics = types.ModuleType("optsample.metrics")
     metrics.MetricContext = lambda **kw: types.SimpleNamespace(**kw)
     metrics.compute = stub_compute
+    metrics.MetricStream = StubStream
+    metrics.Batch = lambda start, **kw: types.SimpleNamespace(start=start, **kw)
     metrics.available = lambda: list(C.METRIC_PRESETS["analytic"])
     loggers = types.ModuleType("optsample.runner.loggers")
     loggers.make_logger = StubLogger

@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from .registry import MetricContext, NotApplicable, register_metric
+from .registry import NotApplicable, register_statistic
+from .streaming import Batch, Statistic
 
 # CLIPImageProcessor's defaults (transformers.image_utils OPENAI_CLIP_MEAN / OPENAI_CLIP_STD)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -81,12 +82,20 @@ def clip_scores(images: torch.Tensor, prompts: list[str], model: Any, tokenizer:
     return (100 * cos).clamp(min=0).cpu()
 
 
-@register_metric("clip_score", higher_is_better=True)
-def clip_score(samples: torch.Tensor, ctx: MetricContext) -> float:
-    """Mean CLIP score of image samples against their prompts (``ctx.prompts``, ``ctx.clip_model``)."""
-    if samples.ndim != 4:
-        raise NotApplicable(f"metric 'clip_score' applies to images [N, C, H, W], got shape {tuple(samples.shape)}")
-    if not ctx.prompts:
-        raise NotApplicable("metric 'clip_score' needs prompts (a text-to-image model)")
-    model, tokenizer = load_clip(ctx.clip_model)
-    return float(clip_scores(samples, list(ctx.prompts), model, tokenizer).mean())
+@register_statistic("clip_score", higher_is_better=True)
+class ClipScore(Statistic):
+    """Mean CLIP score of image samples against their prompts (``Batch.prompts``, ``ctx.clip_model``);
+    state: the sum of per-sample scores (float64) and the count."""
+
+    def update(self, samples, batch: Batch) -> None:
+        if samples.ndim != 4:
+            raise NotApplicable(f"metric 'clip_score' applies to images [N, C, H, W], got shape {tuple(samples.shape)}")
+        prompts = batch.prompts if batch.prompts is not None else self.ctx.prompts
+        if not prompts:
+            raise NotApplicable("metric 'clip_score' needs prompts (a text-to-image model)")
+        model, tokenizer = load_clip(self.ctx.clip_model)
+        self.add("score_sum", clip_scores(samples, list(prompts), model, tokenizer).sum())
+        self.add("count", torch.tensor(float(samples.shape[0])))
+
+    def compute(self) -> float:
+        return float(self.sums["score_sum"] / self.sums["count"])

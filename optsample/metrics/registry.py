@@ -31,8 +31,9 @@ class MetricContext:
     cache instead of a hash of its bytes), ``feature_net`` (a name in :mod:`optsample.metrics.features`),
     ``cache_dir`` (None: ``$OPTSAMPLE_CACHE`` or ``~/.cache/optsample``), ``clip_model`` (a hub name or a
     ``(CLIPModel, tokenizer)`` pair), ``n_reference`` (fresh data drawn from an analytic model; None: as
-    many as samples), ``reference_seed`` (seeds the fresh data, projections and KID subsets, so every run
-    is compared with the same reference).
+    many as samples), ``reference_seed`` (seeds the fresh data, projections, random features and KID subsets, so every run
+    is compared with the same reference), ``reference_stats`` (a ``.npz`` with FID's ``mu`` and ``sigma``
+    of the reference features, the format pytorch-fid and NVlabs/edm publish; used instead of ``reference``).
     """
 
     model: Any
@@ -49,14 +50,16 @@ class MetricContext:
     clip_model: Any = DEFAULT_CLIP_MODEL
     n_reference: int | None = None
     reference_seed: int = 0
+    reference_stats: str | None = None
 
 
 @dataclass(frozen=True)
 class MetricInfo:
     name: str
-    fn: Callable[[torch.Tensor, MetricContext], float]
+    fn: Callable[[torch.Tensor, MetricContext], float]  # one shot over all samples
     higher_is_better: bool
     description: str
+    statistic: type  # its mergeable state (optsample.metrics.streaming.Statistic)
 
 
 _METRICS: dict[str, MetricInfo] = {}
@@ -65,17 +68,44 @@ _METRICS: dict[str, MetricInfo] = {}
 def register_metric(name: str, *, higher_is_better: bool = False):
     """Decorator: ``@register_metric("digits_accuracy", higher_is_better=True)`` on ``fn(samples, ctx)``.
 
+    A plain function streams by keeping its samples (:class:`~optsample.metrics.streaming.Collected`);
+    :func:`register_statistic` registers one in bounded memory.
     Registering a name again replaces the earlier metric with a warning (a re-run notebook cell).
     """
 
     def wrap(fn):
-        if name in _METRICS:  # re-running a notebook cell re-registers: replace, but say so
-            warnings.warn(f"metric {name!r} is already registered; replacing it", stacklevel=2)
-        doc = (fn.__doc__ or "").strip().splitlines()
-        _METRICS[name] = MetricInfo(name, fn, higher_is_better, doc[0] if doc else "")
+        from .streaming import collected
+
+        _add(MetricInfo(name, fn, higher_is_better, _first_line(fn), collected(name, fn)))
         return fn
 
     return wrap
+
+
+def register_statistic(name: str, *, higher_is_better: bool = False):
+    """Decorator on a :class:`~optsample.metrics.streaming.Statistic` subclass: metric ``name`` in
+    bounded memory; its one-shot ``fn`` streams all samples as one chunk."""
+
+    def wrap(cls):
+        from .streaming import compute_one_shot
+
+        cls.name = name
+        _add(MetricInfo(name, lambda samples, ctx: compute_one_shot([name], samples, ctx)[name], higher_is_better,
+                        _first_line(cls), cls))
+        return cls
+
+    return wrap
+
+
+def _first_line(obj) -> str:
+    doc = (obj.__doc__ or "").strip().splitlines()
+    return doc[0] if doc else ""
+
+
+def _add(entry: MetricInfo) -> None:
+    if entry.name in _METRICS:  # re-running a notebook cell re-registers: replace, but say so
+        warnings.warn(f"metric {entry.name!r} is already registered; replacing it", stacklevel=3)
+    _METRICS[entry.name] = entry
 
 
 def available() -> list[str]:
@@ -90,10 +120,15 @@ def info(name: str) -> MetricInfo:
     return _METRICS[name]
 
 
-def compute(names: list[str], samples: torch.Tensor, context: MetricContext) -> dict[str, float]:
-    """``{name: value}`` for each metric in ``names`` (all names are checked before any work)."""
-    entries = [info(name) for name in names]
-    return {entry.name: float(entry.fn(samples, context)) for entry in entries}
+def compute(names: list[str], samples: torch.Tensor, context: MetricContext, *,
+            chunk_size: int | None = None) -> dict[str, float]:
+    """``{name: value}`` for each metric in ``names`` (all names are checked before any work), streamed
+    through the metrics' statistics in chunks of ``chunk_size`` samples (None: one chunk)."""
+    from .streaming import compute_one_shot
+
+    for name in names:
+        info(name)
+    return compute_one_shot(list(names), samples, context, chunk_size)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -122,7 +157,8 @@ def require(model: Any, attributes: tuple[str, ...], metric: str) -> Any:
 
 def reference_data(samples: torch.Tensor, ctx: MetricContext, metric: str) -> torch.Tensor:
     """Data to compare ``samples`` with: ``ctx.reference``, else the model's data set (``.data``), else
-    ``n_reference`` fresh draws ``model.sample(n, generator)`` seeded by ``ctx.reference_seed``."""
+    ``n_reference`` fresh draws ``model.sample(n, generator)`` seeded by ``ctx.reference_seed``.
+    Only ``samples.shape`` is read (a stream passes an expanded placeholder, :func:`placeholder`)."""
     if ctx.reference is not None:
         ref = ctx.reference() if callable(ctx.reference) else ctx.reference
         return torch.as_tensor(ref)
@@ -146,3 +182,8 @@ def tensor_digest(x: torch.Tensor) -> str:
     h = hashlib.sha256(f"{tuple(x.shape)}|{x.dtype}|".encode())
     h.update(x.view(torch.uint8).numpy().tobytes() if x.numel() else b"")
     return h.hexdigest()
+
+
+def placeholder(n: int, sample_shape: tuple) -> torch.Tensor:
+    """A tensor of shape [n, *sample_shape] that takes no memory (for :func:`reference_data`)."""
+    return torch.empty(1, *sample_shape).expand(n, *sample_shape)

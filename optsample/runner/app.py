@@ -31,11 +31,12 @@ import torch
 from . import config as C
 from . import plugins, results
 from .devices import InDtype, model_dtype, resolve_device
-from . import guidance_tasks
+from . import distributed, guidance_tasks, shards
 
 log = logging.getLogger("optsample.runner.app")
 
 TRAJECTORY_SAMPLES = 64
+SAVE_FORMATS = ("none", "npz", "png")
 VERSIONED_PACKAGES = ("optsample", "torch", "numpy", "hydra-core", "omegaconf", "diffusers")
 
 
@@ -131,13 +132,19 @@ def code_revision(sampler: str) -> dict:
 def hashed_config(cfg: dict) -> dict:
     """The part of the config that decides the outcome (config.UNHASHED_KEYS dropped; with an NFE
     budget the step count is derived, so ``steps`` is dropped too), plus the code revision: a row written
-    by another optsample version or sampler revision has another key and is not reused."""
+    by another optsample version or sampler revision has another key and is not reused;
+    keys added later with a default that changes nothing, ``chunk_size=None`` and ``metric.reference_stats=None``,
+    are dropped so earlier rows keep their hash)."""
     kept = {k: v for k, v in cfg.items() if k not in C.UNHASHED_KEYS}
     for key in ("guidance", "task"):  # unguided runs keep the hashes they had before these groups existed
         if (kept.get(key) or {}).get("name", "none") == "none":
             kept.pop(key, None)
-    if kept.get("nfe") is not None or kept.get("schedule", {}).get("name") == "custom":
+    if kept.get("nfe") is not None or kept.get("schedule", {}).get("name") in ("custom", "learned"):
         kept["steps"] = None
+    if kept.get("chunk_size") is None:
+        kept.pop("chunk_size", None)
+    if isinstance(kept.get("metric"), dict) and kept["metric"].get("reference_stats") is None:
+        kept["metric"] = {k: v for k, v in kept["metric"].items() if k != "reference_stats"}
     kept["code"] = code_revision(cfg["sampler"]["name"])
     return kept
 
@@ -159,7 +166,15 @@ def plan_run(cfg: dict, *, job_num: int = 0) -> RunPlan:
     _require(cfg["model"]["name"] in C.MODELS, f"model {cfg['model']['name']!r} is not one of {sorted(C.MODELS)}")
     for key in ("n_samples", "batch_size"):
         _require(cfg[key] >= 1, f"{key} must be >= 1, got {cfg[key]}")
+    _require(cfg["chunk_size"] is None or cfg["chunk_size"] >= 1, f"chunk_size must be >= 1, got {cfg['chunk_size']}")
     _check_metric_names(cfg["metric"]["names"])
+    _require(cfg["save_samples"] in SAVE_FORMATS, f"save_samples must be one of {SAVE_FORMATS}, got {cfg['save_samples']!r}")
+    if cfg["shards"] != 1 or cfg["shard"] is not None:
+        _require(cfg["shard"] is not None, f"shards={cfg['shards']} needs shard=<0..{cfg['shards'] - 1}>")
+        try:
+            shards.shard_chunks(cfg["n_samples"], chunk_size(cfg), cfg["shards"], cfg["shard"])
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     try:
         guidance_tasks.check(cfg)
     except (TypeError, ValueError) as err:
@@ -277,55 +292,157 @@ def batch_conditioning(built: C.BuiltModel, indices, device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in args.items()}
 
 
-def generate(plan: RunPlan, built: C.BuiltModel, sigmas: torch.Tensor, device: torch.device):
-    """n_samples in batches; returns (samples, x_start, nfe per sample, seconds, trajectory or None).
+def chunk_size(cfg: dict) -> int:
+    """Samples per chunk: the unit of the seed split across ranks and shards, of the metric updates and
+    of KID's subsets (``chunk_size``, default ``batch_size``); a chunk is sampled in batches of batch_size."""
+    return cfg["chunk_size"] or cfg["batch_size"]
 
-    With ``log_trajectory`` the iterates x_i of the first batch's first TRAJECTORY_SAMPLES samples are
-    kept (x at each step's start, then the output) for the logger's trajectory plot."""
-    from tqdm.auto import tqdm
 
+def sample_chunk(plan: RunPlan, built: C.BuiltModel, sigmas: torch.Tensor, device: torch.device, start: int, stop: int,
+                 callback=None):
+    """Samples start..stop (seeds :func:`sample_seeds`) in batches of ``batch_size``; returns (samples,
+    x_start, the last batch's sampler info). ``callback`` sees the first batch only."""
     from ..samplers import initial_noise, sample
 
     cfg = plan.cfg
     denoiser = built.denoiser if plan.dtype == torch.float32 else InDtype(built.denoiser, plan.dtype)
-    outputs, starts, nfe, trajectory = [], [], 0, []
-    record = (lambda info: trajectory.append(info["x"][:TRAJECTORY_SAMPLES].cpu())) if cfg["log_trajectory"] else None
-    bar = tqdm(total=cfg["n_samples"], desc=f"{cfg['sampler']['name']} {len(sigmas) - 1} steps", disable=not cfg["progress"])
-    start_time = time.perf_counter()
-    for start in range(0, cfg["n_samples"], cfg["batch_size"]):
-        seeds = sample_seeds(cfg["seed"], start, min(start + cfg["batch_size"], cfg["n_samples"]))
+    outputs, starts = [], []
+    for first in range(start, stop, cfg["batch_size"]):
+        last = min(first + cfg["batch_size"], stop)
+        seeds = sample_seeds(cfg["seed"], first, last)
         x_start = initial_noise(seeds, built.sample_shape, device=device) * float(sigmas[0])
         out, info = sample(
             cfg["sampler"]["name"], denoiser, x_start, sigmas.to(device), seeds=seeds,
-            extra_args={**built.extra_args, **batch_conditioning(built, range(start, start + len(seeds)), device)},
-            return_info=True, callback=record if start == 0 else None, **plan.hparams,
+            extra_args={**built.extra_args, **batch_conditioning(built, range(first, last), device)},
+            return_info=True, callback=callback if first == start else None, **plan.hparams,
         )
         outputs.append(out)
         starts.append(x_start)
+    if len(outputs) == 1:
+        return outputs[0], starts[0], info
+    return torch.cat(outputs), torch.cat(starts), info
+
+
+def generate(plan: RunPlan, built: C.BuiltModel, sigmas: torch.Tensor, device: torch.device):
+    """All n_samples in batches, kept in memory; returns (samples, x_start, nfe per sample, seconds, None).
+    For callers that want the samples; the runner streams them (:func:`stream_run`, which also records
+    the trajectory for the logger)."""
+    outputs, starts, nfe = [], [], 0
+    start_time = time.perf_counter()
+    for start, stop in distributed.chunks(plan.cfg["n_samples"], chunk_size(plan.cfg)):
+        out, x_start, info = sample_chunk(plan, built, sigmas, device, start, stop)
+        outputs.append(out)
+        starts.append(x_start)
         nfe = info.nfe
-        bar.update(len(seeds))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - start_time
-    bar.close()
-    if trajectory:
-        trajectory.append(outputs[0][:TRAJECTORY_SAMPLES].cpu())
-    return torch.cat(outputs), torch.cat(starts), nfe, seconds, trajectory or None
+    return torch.cat(outputs), torch.cat(starts), nfe, time.perf_counter() - start_time, None
 
 
-def score(plan: RunPlan, built: C.BuiltModel, samples, x_start, sigmas, device) -> dict[str, float]:
-    names = list(plan.cfg["metric"]["names"])
-    if not names:
-        return {}
+def metric_context(plan: RunPlan, built: C.BuiltModel, sigmas, device):
+    """The run's MetricContext: what is the same for every batch (model, reference, feature net)."""
     from .. import metrics
 
-    conditioning = batch_conditioning(built, range(plan.cfg["n_samples"]), device)
+    args = dict(built.metric_args)
+    if plan.cfg["metric"].get("reference_stats"):
+        args["reference_stats"] = _absolute(plan.cfg["metric"]["reference_stats"])
+    return metrics.MetricContext(model=built.denoiser, sigma_start=float(sigmas[0]), extra_args=dict(built.extra_args),
+                                 device=device, **args)
+
+
+def samples_dir(plan: RunPlan) -> Path:
+    return plan.results_dir / "samples" / plan.key
+
+
+def save_samples(plan: RunPlan, images: torch.Tensor, start: int) -> None:
+    """Write samples start.. as ``save_samples`` says: ``npz`` one file per chunk (``samples``, ``seeds``);
+    ``png`` one file per sample ``<k - k % 1000:06d>/<k:06d>.png`` for sample index k, quantised as
+    NVlabs/edm generate.py (x * 127.5 + 128, clipped to uint8). Atomic per file."""
+    import numpy as np
+
+    kind, folder = plan.cfg["save_samples"], samples_dir(plan)
+    seeds = np.asarray(sample_seeds(plan.cfg["seed"], start, start + images.shape[0]), dtype=np.int64)
+    if kind == "npz":
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"samples-{start:08d}-{start + images.shape[0]:08d}.npz"
+        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(temp, "wb") as f:
+            np.savez(f, samples=images.detach().cpu().float().numpy(), seeds=seeds)
+        os.replace(temp, path)
+        return
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ConfigError(f"save_samples=png needs images [N, 1 or 3, H, W], got shape {tuple(images.shape)}; use save_samples=npz")
+    from PIL import Image
+
+    pixels = (images.detach().cpu().float() * 127.5 + 128).clip(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    for offset, picture in enumerate(pixels):
+        k = start + offset
+        path = folder / f"{k - k % 1000:06d}" / f"{k:06d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        Image.fromarray(picture[..., 0] if picture.shape[-1] == 1 else picture).save(temp, format="PNG")
+        os.replace(temp, path)
+
+
+def metric_batch(built: C.BuiltModel, start: int, stop: int, x_start, device):
+    """The per-sample inputs of samples start..stop for the metrics."""
+    from ..metrics import Batch
+
+    conditioning = batch_conditioning(built, range(start, stop), device)
     labels = conditioning.get("class_labels", conditioning.get("labels"))
-    context = metrics.MetricContext(
-        model=built.denoiser, x_start=x_start, sigma_start=float(sigmas[0]),
-        extra_args={**built.extra_args, **conditioning}, labels=labels, prompts=conditioning.get("prompts"), device=device, **built.metric_args,
-    )
-    return metrics.compute(names, samples, context)
+    return Batch(start, x_start=x_start, extra_args=conditioning, labels=labels, prompts=conditioning.get("prompts"))
+
+
+@dataclass
+class Streamed:
+    """What one process's share of a run produced: its metric statistics and what the logger needs."""
+
+    stream: object  # optsample.metrics.MetricStream
+    nfe: int
+    sample_s: float
+    score_s: float
+    samples: torch.Tensor | None  # the first LOGGED_SAMPLES samples (rank 0), images if the model decodes
+    trajectory: list | None
+
+
+LOGGED_SAMPLES = 4096  # samples handed to the logger's picture (the first ones)
+
+
+def stream_run(plan: RunPlan, built: C.BuiltModel, sigmas: torch.Tensor, device: torch.device,
+               chunk_list: list[tuple[int, int]], keep_all: bool = False) -> Streamed:
+    """Sample the given chunks and stream each into the metric statistics; nothing of size n is kept, unless
+    ``keep_all`` (a ``task=`` run, whose metrics compare all samples with exact posterior samples)."""
+    from tqdm.auto import tqdm
+
+    from .. import metrics
+
+    cfg = plan.cfg
+    stream = metrics.MetricStream(list(cfg["metric"]["names"]), metric_context(plan, built, sigmas, device), cfg["n_samples"])
+    trajectory: list = []
+    record = (lambda info: trajectory.append(info["x"][:TRAJECTORY_SAMPLES].cpu())) if cfg["log_trajectory"] else None
+    total = sum(stop - start for start, stop in chunk_list)
+    bar = tqdm(total=total, desc=f"{cfg['sampler']['name']} {len(sigmas) - 1} steps", disable=not cfg["progress"])
+    kept, nfe, sample_s, score_s = [], 0, 0.0, 0.0
+    keep = cfg["n_samples"] if keep_all else LOGGED_SAMPLES
+    for start, stop in chunk_list:
+        t0 = time.perf_counter()
+        out, x_start, info = sample_chunk(plan, built, sigmas, device, start, stop, record if start == 0 else None)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t1 = time.perf_counter()
+        nfe = info.nfe
+        images = built.decode(out) if built.decode is not None else out
+        stream.update(images, metric_batch(built, start, stop, x_start, device))
+        if cfg["save_samples"] != "none":
+            save_samples(plan, images, start)
+        if start < keep:
+            kept.append(images[:keep - start].cpu())
+        if start == 0 and trajectory:
+            trajectory.append(out[:TRAJECTORY_SAMPLES].cpu())
+        sample_s, score_s = sample_s + t1 - t0, score_s + time.perf_counter() - t1
+        bar.update(stop - start)
+    bar.close()
+    return Streamed(stream, nfe, sample_s, score_s, torch.cat(kept) if kept else None, trajectory or None)
 
 
 def _warn(what: str, err: Exception) -> None:
@@ -370,40 +487,80 @@ def objective_of(cfg: dict, row: dict) -> float | None:
 
 
 def execute(cfg: dict, *, job_num: int = 0, run_dir: str | None = None) -> dict:
-    """One run from a resolved config dict; returns the row (existing row if the run had finished)."""
+    """One run from a resolved config dict; returns the row (existing row if the run had finished).
+
+    Under torchrun every rank samples its chunks (:mod:`optsample.runner.distributed`); rank 0 merges
+    the metric statistics, writes the one row and hands it to the other ranks."""
     t_begin = time.perf_counter()
+    here = distributed.init()
     plan = plan_run(cfg, job_num=job_num)
     if not cfg["force"]:
         existing = results.find_row(plan.results_dir, plan.key)
         if existing is not None:
             log.info("skip %s: finished (%s)", run_name(plan), results.row_path(plan.results_dir, plan.key))
             return existing
-    device = resolve_device(cfg["device"], job_num)
+    device = resolve_device(cfg["device"], here.local_rank if here.size > 1 else job_num)
     t_build = time.perf_counter()
     built = build_model(cfg["model"], device, plan.dtype)
     sigmas = resolve_schedule(plan, built)
     built, task = guidance_tasks.prepare(cfg, built, sigmas, plan.hparams)
     build_s = time.perf_counter() - t_build
+    sharded = cfg["shard"] is not None
+    if sharded and not cfg["force"] and shards.shard_path(plan.results_dir, plan.key, cfg["shard"], cfg["shards"]).exists():
+        log.info("skip shard %d of %s: its statistics exist", cfg["shard"], run_name(plan))
+        return distributed.broadcast_from_main(finish_shard(plan) if here.is_main else None, here)
+    chunk_list = (shards.shard_chunks(cfg["n_samples"], chunk_size(cfg), cfg["shards"], cfg["shard"]) if sharded
+                  else distributed.chunks(cfg["n_samples"], chunk_size(cfg)))
+    _require(task is None or (here.size == 1 and not sharded), f"task={cfg['task']['name']} runs in one process: its metrics "
+             "compare all the samples with exact posterior samples (no torchrun, no shards)")
     with torch.no_grad() if guidance_tasks.needs_grad(cfg) else torch.inference_mode():  # guidance takes gradients
-        samples, x_start, nfe, sample_s, trajectory = generate(plan, built, sigmas, device)
-        t_score = time.perf_counter()
-        images = built.decode(samples) if built.decode is not None else samples
-        metric_values = score(plan, built, images, x_start, sigmas, device)
-        metric_values.update(guidance_tasks.task_metrics(task, samples))
-        score_s = time.perf_counter() - t_score
-    row = make_row(plan, metric_values, nfe=nfe, steps=len(sigmas) - 1, device=device)
+        part = stream_run(plan, built, sigmas, device, chunk_list[here.rank::here.size], keep_all=task is not None)
+        t_reduce = time.perf_counter()
+        merged = distributed.reduce_stream(part.stream, here)
+        if not here.is_main:
+            return distributed.broadcast_from_main(None, here)
+        if sharded:
+            write_shard(plan, merged, part, device, here, chunk_list)
+            return distributed.broadcast_from_main(finish_shard(plan), here)
+        metric_values = merged.compute()
+        metric_values.update(guidance_tasks.task_metrics(task, part.samples))
+        score_s = part.score_s + time.perf_counter() - t_reduce
+    row = make_row(plan, metric_values, nfe=part.nfe, steps=len(sigmas) - 1, device=device)
+    row["world_size"] = here.size
     t_log = time.perf_counter()
-    log_density = getattr(built.denoiser, "log_prob", None) if trajectory else None
-    log_run(plan, metric_values, images, trajectory, run_dir or str(plan.results_dir), log_density)
+    log_density = getattr(built.denoiser, "log_prob", None) if part.trajectory else None
+    log_run(plan, metric_values, part.samples, part.trajectory, run_dir or str(plan.results_dir), log_density)
     total_s = time.perf_counter() - t_begin
     row.update({
-        "time.build_s": build_s, "time.sample_s": sample_s, "time.score_s": score_s,
+        "time.build_s": build_s, "time.sample_s": part.sample_s, "time.score_s": score_s,
         "time.log_s": time.perf_counter() - t_log, "time.total_s": total_s,
-        "time.overhead_s": total_s - sample_s - score_s,
+        "time.overhead_s": total_s - part.sample_s - score_s,
     })
     results.append_row(plan.results_dir, row)
-    log.info("%s: NFE %d, %s -> %s", run_name(plan), nfe, metric_values, results.row_path(plan.results_dir, plan.key))
-    return row
+    log.info("%s: NFE %d, %s -> %s", run_name(plan), part.nfe, metric_values, results.row_path(plan.results_dir, plan.key))
+    return distributed.broadcast_from_main(row, here)
+
+
+def write_shard(plan: RunPlan, stream, part: Streamed, device, here, chunk_list) -> None:
+    """Shard ``cfg.shard``'s statistics with their fingerprint, written once and atomically."""
+    cfg = plan.cfg
+    fingerprint = {"config_hash": plan.key, "shard": cfg["shard"], "shards": cfg["shards"], "revision": git_revision(),
+                   "seed_range": [chunk_list[0][0], chunk_list[-1][1]], "seed": cfg["seed"]}
+    info = {"nfe": part.nfe, "device": str(device), "world_size": here.size, "sample_s": part.sample_s,
+            "score_s": part.score_s, "host": platform.node()}
+    path = shards.shard_path(plan.results_dir, plan.key, cfg["shard"], cfg["shards"])
+    shards.write_atomic(path, {"fingerprint": fingerprint, "state": stream.state_dict(), "cfg": cfg, "info": info})
+    log.info("%s: shard %d of %d (samples %d..%d) -> %s", run_name(plan), cfg["shard"], cfg["shards"],
+             *fingerprint["seed_range"], path)
+
+
+def finish_shard(plan: RunPlan) -> dict:
+    """The row if this shard completed the set (the last shard merges), else what this shard wrote."""
+    cfg = plan.cfg
+    if shards.complete(plan.results_dir, plan.key, cfg["shards"]):
+        return shards.merge(plan.results_dir, plan.key)
+    return {"config_hash": plan.key, "shard": cfg["shard"], "shards": cfg["shards"],
+            "shard_path": str(shards.shard_path(plan.results_dir, plan.key, cfg["shard"], cfg["shards"]))}
 
 
 def make_row(plan: RunPlan, metric_values: dict, *, nfe: int, steps: int, device: torch.device) -> dict:
@@ -575,11 +732,13 @@ def usage_exit(err: BaseException) -> None:
 
 
 def main() -> None:
-    """The console script. A configuration mistake is one line on stderr and exit status 2; any other
-    exception keeps its full traceback (so does every error with HYDRA_FULL_ERROR=1)."""
     import hydra
 
     global _ONE_LINE_ERRORS
+    here = distributed.init()  # before Hydra: under torchrun the ranks must agree on the output directory
+    distributed.set_run_stamp(distributed.broadcast_from_main(time.time(), here))
+    if here.size > 1:
+        sys.argv += distributed.hydra_overrides(here, sys.argv[1:])
     try:  # before composing: a plugin's samplers / models are options of sampler= / model=
         plugins.load(plugins.from_overrides(sys.argv[1:]))
     except plugins.PluginError as err:

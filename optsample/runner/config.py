@@ -131,6 +131,7 @@ def schedule_params(schedule_cfg: dict) -> dict:
 @dataclass
 class MetricConfig:
     names: List[str] = field(default_factory=list)
+    reference_stats: Optional[str] = None  # FID reference statistics: an .npz with mu, sigma (pytorch-fid / EDM format)
 
 
 METRIC_PRESETS = {
@@ -183,6 +184,7 @@ class RunConfig:
     nfe: Optional[int] = None  # NFE budget; if set, steps = steps_for_nfe(sampler, nfe, **hp)
     n_samples: int = 256
     batch_size: int = 256
+    chunk_size: Optional[int] = None  # seeds per chunk (ranks, shards, metric updates, KID subsets); None: batch_size
     seed: int = 0  # sample k starts from seed (seed << 32) + k
     device: str = "auto"  # auto | cpu | cuda | cuda:<i> | mps
     results_dir: str = "runs/${name}"  # result rows, not committed; tables made from them go in results/
@@ -193,11 +195,15 @@ class RunConfig:
     # Modules imported in every job before anything else (optsample/runner/plugins.py): users' samplers,
     # rules, schedules, models, metrics. Like optsample's own code, not part of the config hash.
     plugins: List[str] = field(default_factory=list)
+    shards: int = 1  # split the run across K jobs (optsample.runner.shards); the merged row is the unsharded one
+    shard: Optional[int] = None  # which of the K shards this job samples (0..K-1)
+    save_samples: str = "none"  # none | npz | png: write the samples per seed under <results_dir>/samples/<hash>
 
 
 # Keys that do not change a run's outcome: left out of the config hash so that re-running a sweep
 # with another results dir, logger or progress bar still finds its rows.
-UNHASHED_KEYS = ("results_dir", "force", "logger", "progress", "objective", "log_trajectory", "plugins")
+UNHASHED_KEYS = ("results_dir", "force", "logger", "progress", "objective", "log_trajectory", "plugins", "shards",
+                 "shard", "save_samples")
 
 
 def register_configs() -> None:
@@ -205,7 +211,9 @@ def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
     from .. import samplers, schedules
+    from . import distributed
 
+    distributed.register_resolver()  # ${optsample_now:...}: one output directory for all torchrun ranks
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
     for name in samplers.available():

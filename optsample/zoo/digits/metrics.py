@@ -11,7 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...metrics import MetricContext, NotApplicable, available, available_feature_nets, register_feature_net, register_metric
+from ...metrics import (
+    Batch, MetricContext, NotApplicable, Statistic, available, available_feature_nets, register_feature_net,
+    register_statistic,
+)
 from .checkpoints import shipped_classifier
 
 
@@ -31,20 +34,42 @@ def digits_feature_net(device: torch.device) -> nn.Module:
     return ClassifierFeatures(shipped_classifier()).to(device).eval()
 
 
-def class_accuracy(samples: torch.Tensor, ctx: MetricContext) -> float:
-    """Fraction of samples the shipped digits classifier assigns to their conditioning label."""
-    if ctx.labels is None:
+def _check(samples: torch.Tensor, labels) -> torch.Tensor:
+    if labels is None:
         raise NotApplicable("metric 'accuracy' needs per-sample class labels (MetricContext.labels): "
                             "use a class-conditional model such as model=digits")
     if samples.ndim != 4 or tuple(samples.shape[1:]) != (1, 8, 8):
         raise NotApplicable(f"metric 'accuracy' applies to 1x8x8 digit images, got shape {tuple(samples.shape)}")
-    labels = torch.as_tensor(ctx.labels).reshape(-1).cpu()
+    labels = torch.as_tensor(labels).reshape(-1).cpu()
     if labels.shape[0] != samples.shape[0]:
         raise ValueError(f"metric 'accuracy': {labels.shape[0]} labels for {samples.shape[0]} samples")
+    return labels
+
+
+def correct_count(samples: torch.Tensor, labels) -> int:
+    """Number of samples the shipped digits classifier assigns to their conditioning label."""
+    labels = _check(samples, labels)
     classifier = shipped_classifier()
     with torch.no_grad():
         predicted = torch.cat([classifier(chunk.cpu().float()).argmax(1) for chunk in samples.split(1024)])
-    return float((predicted == labels).double().mean())
+    return int((predicted == labels).sum())
+
+
+def class_accuracy(samples: torch.Tensor, ctx: MetricContext) -> float:
+    """Fraction of samples the shipped digits classifier assigns to their conditioning label."""
+    return correct_count(samples, ctx.labels) / samples.shape[0]
+
+
+class ClassAccuracy(Statistic):
+    """Fraction of samples the shipped digits classifier assigns to their conditioning label (state:
+    the counts of correct and of all samples)."""
+
+    def update(self, samples: torch.Tensor, batch: Batch) -> None:
+        self.add("correct", torch.tensor(float(correct_count(samples, batch.labels))))
+        self.add("count", torch.tensor(float(samples.shape[0])))
+
+    def compute(self) -> float:
+        return float(self.sums["correct"] / self.sums["count"])
 
 
 def register() -> None:
@@ -52,4 +77,4 @@ def register() -> None:
     if "digits" not in available_feature_nets():
         register_feature_net("digits", digits_feature_net)
     if "accuracy" not in available():
-        register_metric("accuracy", higher_is_better=True)(class_accuracy)
+        register_statistic("accuracy", higher_is_better=True)(ClassAccuracy)
