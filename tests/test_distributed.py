@@ -51,8 +51,9 @@ def test_two_processes_equal_one(tmp_path):
     # both ranks used rank 0's output directory (hydra #2070): one directory, one config copy, two logs
     dirs = sorted(p.name for p in (tmp_path / "outputs" / "default").iterdir())
     assert len(dirs) == 2  # the torchrun one and the single-process one
-    torchrun_dir = next(d for d in (tmp_path / "outputs" / "default").iterdir() if (d / "run.rank1.log").exists())
-    assert sorted(p.name for p in torchrun_dir.iterdir()) == [".hydra", "run.log", "run.rank1.log"]
+    torchrun_dir = next(d for d in (tmp_path / "outputs" / "default").iterdir() if list(d.glob("*.rank1.log")))
+    job = next(torchrun_dir.glob("*.rank1.log")).name.removesuffix(".rank1.log")  # Hydra's job name
+    assert sorted(p.name for p in torchrun_dir.iterdir()) == [".hydra", f"{job}.log", f"{job}.rank1.log"]
 
 
 def test_failing_rank_fails_the_run_and_writes_no_row(tmp_path):

@@ -100,7 +100,8 @@ def _run_like(cfg: dict) -> dict:
     return {"model": cfg["model"], "sampler": cfg["sampler"], "schedule": {"name": "karras"}, "metric": {"names": []},
             "logger": {"name": "none"}, "name": "schedule", "project": "optsample", "steps": None, "nfe": cfg["nfe"],
             "n_samples": cfg["n_samples"], "batch_size": cfg["n_samples"], "seed": cfg["seed"], "device": "cpu",
-            "results_dir": ".", "force": False, "objective": None, "progress": False, "log_trajectory": False}
+            "results_dir": ".", "force": False, "objective": None, "progress": False, "log_trajectory": False,
+            "chunk_size": None, "shards": 1, "shard": None, "save_samples": "none", "plugins": []}
 
 
 def _teacher(cfg: dict, denoiser):
