@@ -10,7 +10,7 @@ import torch
 
 import optsample
 from test_kdiffusion_parity import (
-    BATCH, MODELS, SIGMAS, TOL, BrownianPath, ReplayNoise, dpmpp_sde_points, max_abs, sample_dpmpp_2s_ancestral,
+    BATCH, MODELS, SIGMAS, TOL, BrownianPath, ReplayNoise, dpmpp_sde_points, max_abs, sample_dpmpp_2m, sample_dpmpp_2s_ancestral,
     sample_dpmpp_sde, sample_euler_ancestral, sample_heun, start, to_d,
 )
 
@@ -33,32 +33,6 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None,
         dt = sigmas[i + 1] - sigma_hat
         # Euler method
         x = x + d * dt
-    return x
-
-
-@torch.no_grad()
-def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=None):
-    """DPM-Solver++(2M)."""
-    extra_args = {} if extra_args is None else extra_args
-    s_in = x.new_ones([x.shape[0]])
-    sigma_fn = lambda t: t.neg().exp()  # noqa: E731
-    t_fn = lambda sigma: sigma.log().neg()  # noqa: E731
-    old_denoised = None
-
-    for i in range(len(sigmas) - 1):  # CHANGED: trange
-        denoised = model(x, sigmas[i] * s_in, **extra_args)
-        if callback is not None:
-            callback({'x': x, 'i': i, 'sigma': sigmas[i], 'sigma_hat': sigmas[i], 'denoised': denoised})
-        t, t_next = t_fn(sigmas[i]), t_fn(sigmas[i + 1])
-        h = t_next - t
-        if old_denoised is None or sigmas[i + 1] == 0:
-            x = (sigma_fn(t_next) / sigma_fn(t)) * x - (-h).expm1() * denoised
-        else:
-            h_last = t - t_fn(sigmas[i - 1])
-            r = h_last / h
-            denoised_d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
-            x = (sigma_fn(t_next) / sigma_fn(t)) * x - (-h).expm1() * denoised_d
-        old_denoised = denoised
     return x
 
 

@@ -14,6 +14,7 @@ import torch
 import optsample
 from optsample import initial_noise, reference, sample, schedules
 from optsample.models import GaussianMixture
+from test_kdiffusion_parity import sample_dpmpp_2m  # k-diffusion's loop, transcribed
 
 RULES = ["sgd", "momentum", "nesterov", "ghvb", "plms_momentum", "dpmpp_2m_momentum", "adam", "rmsprop", "lion",
          "eps_scaling", "ema_x0"]
@@ -73,27 +74,6 @@ def test_normalising_rules_reduce_to_euler_in_one_dimension(name, hparams):
 # Parity with peer implementations, transcribed literally (independent references).
 
 
-def kdiffusion_dpmpp_2m(model, x, sigmas):
-    """k-diffusion ``sample_dpmpp_2m`` (crowsonkb/k-diffusion, k_diffusion/sampling.py), transcribed."""
-    sigma_fn = lambda t: t.neg().exp()  # noqa: E731
-    t_fn = lambda sigma: sigma.log().neg()  # noqa: E731
-    s_in = x.new_ones([x.shape[0]])
-    old_denoised = None
-    for i in range(len(sigmas) - 1):
-        denoised = model(x, sigmas[i] * s_in)
-        t, t_next = t_fn(sigmas[i]), t_fn(sigmas[i + 1])
-        h = t_next - t
-        if old_denoised is None or sigmas[i + 1] == 0:
-            x = (sigma_fn(t_next) / sigma_fn(t)) * x - (-h).expm1() * denoised
-        else:
-            h_last = t - t_fn(sigmas[i - 1])
-            r = h_last / h
-            denoised_d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
-            x = (sigma_fn(t_next) / sigma_fn(t)) * x - (-h).expm1() * denoised_d
-        old_denoised = denoised
-    return x
-
-
 def momentum_diffusion_AdamBmixer(order, ets, b=1):
     """sWizad/momentum-diffusion stable_diffusion/diffusion/momentum_scheduler.py ``AdamBmixer``, transcribed."""
     cur_order = min(order, len(ets))
@@ -136,7 +116,7 @@ def max_diff(a, b):
 
 
 def test_dpmpp_2m_momentum_beta0_matches_kdiffusion_dpmpp_2m():
-    expected = kdiffusion_dpmpp_2m(MODEL_2D, X_2D, SIGMAS)
+    expected = sample_dpmpp_2m(MODEL_2D, X_2D, SIGMAS)
     assert max_diff(run("dpmpp_2m_momentum", beta=0.0), expected) < 1e-12
     assert max_diff(run("dpmpp_2m_momentum"), expected) > 1e-3  # momentum does change it
 
