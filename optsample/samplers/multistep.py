@@ -21,19 +21,10 @@ from typing import Annotated
 import numpy
 import torch
 
+from .adams import AB_COEFFICIENTS, combine
 from .core import add_noise, euler_step, steps, to_d
 from .transforms import ema
 from .registry import Choice, Decay, NonNegative, Range, register
-
-
-# Adams-Bashforth coefficients, newest first (PNDM, Liu et al. 2022, eq. 12 for order 4; orders 1-3 as
-# in diffusers PNDMScheduler.step_plms and iPNDM, Zhang & Chen 2023, DEIS appendix).
-AB_COEFFICIENTS = {
-    1: (1.0,),
-    2: (3 / 2, -1 / 2),
-    3: (23 / 12, -16 / 12, 5 / 12),
-    4: (55 / 24, -59 / 24, 37 / 24, -9 / 24),
-}
 
 
 class History:
@@ -68,9 +59,8 @@ def _log_ratio(sigma_a: float, sigma_b: float) -> float:
 
 
 def _adams_bashforth(ds: list[torch.Tensor]) -> torch.Tensor:
-    """sum_j c_j d_{i-j} with the AB coefficients of order len(ds), ``ds`` newest first (PNDM eq. 12)."""
-    coefficients = AB_COEFFICIENTS[len(ds)]
-    return sum(c * d for c, d in zip(coefficients, ds))
+    """sum_j c_j d_{i-j} with the AB coefficients of order len(ds), ``ds`` newest first (PNDM eq. 12; :mod:`.adams`)."""
+    return combine(AB_COEFFICIENTS[len(ds)], ds)
 
 
 def _adams_bashforth_sampler(model, x, sigmas, callback, order: int, heun_start: bool):
