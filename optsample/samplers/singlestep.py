@@ -17,9 +17,8 @@ from typing import Annotated
 
 import torch
 
-from .core import add_noise, ancestral_step, steps, to_d
+from .core import add_noise, ancestral_step, euler_step, steps, to_d
 from .registry import NonNegative, Range, register
-
 
 
 def _dpmpp_1(x: torch.Tensor, sigma: float, sigma_to: float, denoised: torch.Tensor) -> torch.Tensor:
@@ -30,11 +29,6 @@ def _dpmpp_1(x: torch.Tensor, sigma: float, sigma_to: float, denoised: torch.Ten
     """
     ratio = sigma_to / sigma
     return ratio * x + (1.0 - ratio) * denoised
-
-
-def _euler(x: torch.Tensor, sigma: float, sigma_to: float, denoised: torch.Tensor) -> torch.Tensor:
-    """An Euler step of the probability-flow ODE, x + d (sigma_to - sigma) (Karras et al. 2022, eq. 3)."""
-    return x + to_d(x, sigma, denoised) * (sigma_to - sigma)
 
 
 def _sigma_between(sigma: float, sigma_to: float, r: float) -> float:
@@ -76,7 +70,7 @@ def dpmpp_2s_ancestral(model, x, sigmas, *, callback, noise_sampler, eta: NonNeg
         _report(callback, x, i, sigma, sigma_next, denoised)
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
         if sigma_down == 0:
-            x = _euler(x, sigma, sigma_down, denoised)
+            x = euler_step(x, to_d(x, sigma, denoised), sigma, sigma_down)
         else:
             sigma_mid = _sigma_between(sigma, sigma_down, 0.5)
             denoised_mid = model(_dpmpp_1(x, sigma, sigma_mid, denoised), sigma_mid)
@@ -109,7 +103,7 @@ def dpmpp_sde(model, x, sigmas, *, callback, noise_sampler, eta: NonNegative = 1
         denoised = model(x, sigma)
         _report(callback, x, i, sigma, sigma_next, denoised)
         if sigma_next == 0:
-            x = _euler(x, sigma, sigma_next, denoised)
+            x = euler_step(x, to_d(x, sigma, denoised), sigma, sigma_next)
             continue
         sigma_mid = _sigma_between(sigma, sigma_next, r)
         noise_mid, noise_next = _brownian_increments(noise_sampler, sigma, sigma_mid, sigma_next) if eta else (0, 0)
