@@ -15,7 +15,7 @@ import math
 from typing import Annotated, Callable
 
 from .adams import combine, lms_coefficients
-from .core import add_noise, ancestral_step, churn, euler_step, steps, to_d
+from .core import add_noise, ancestral_step, churn, euler_step, report_step, steps, to_d
 from .registry import NonNegative, Range, UnitInterval, register
 
 
@@ -55,8 +55,7 @@ def _churned_loop(model, x, sigmas, callback, noise_sampler, s_churn, s_tmin, s_
     for i, sigma, sigma_next in steps(sigmas):
         x, sigma_hat = churn(x, sigma, len(sigmas) - 1, noise_sampler, s_churn, s_tmin, s_tmax, s_noise)
         denoised = model(x, sigma_hat)
-        callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma_hat, "sigma_next": sigma_next,
-                  "denoised": denoised})
+        report_step(callback, x, i, sigma, sigma_next, denoised, sigma_hat)
         d = to_d(x, sigma_hat, denoised)
         if correction is None or sigma_next == 0:
             x = euler_step(x, d, sigma_hat, sigma_next)
@@ -99,7 +98,7 @@ def _ancestral_loop(model, x, sigmas, callback, noise_sampler, eta, s_noise, cor
     ``sample_euler_ancestral`` / ``sample_dpm_2_ancestral``). Plain Euler when sigma_down == 0."""
     for i, sigma, sigma_next in steps(sigmas):
         denoised = model(x, sigma)
-        callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "sigma_next": sigma_next, "denoised": denoised})
+        report_step(callback, x, i, sigma, sigma_next, denoised)
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
         d = to_d(x, sigma, denoised)
         if correction is None or sigma_down == 0:
@@ -159,7 +158,7 @@ def lms(model, x, sigmas, *, callback, noise_sampler, order: Annotated[int, Rang
     ds, sigma_history = [], []
     for i, sigma, sigma_next in steps(sigmas):
         denoised = model(x, sigma)
-        callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "sigma_next": sigma_next, "denoised": denoised})
+        report_step(callback, x, i, sigma, sigma_next, denoised)
         ds.insert(0, to_d(x, sigma, denoised))  # newest first, matching the nodes of lms_coefficients
         sigma_history.insert(0, sigma)
         del ds[order:], sigma_history[order:]

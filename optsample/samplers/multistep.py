@@ -22,7 +22,7 @@ import numpy
 import torch
 
 from .adams import AB_COEFFICIENTS, combine
-from .core import add_noise, euler_step, steps, to_d
+from .core import add_noise, euler_step, report_step, steps, to_d
 from .transforms import ema
 from .registry import Choice, Decay, NonNegative, Range, register
 
@@ -76,7 +76,7 @@ def _adams_bashforth_sampler(model, x, sigmas, callback, order: int, heun_start:
     past_ds = History(order - 1)
     for i, sigma, sigma_next in steps(sigmas):
         denoised = model(x, sigma)
-        callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "sigma_next": sigma_next, "denoised": denoised})
+        report_step(callback, x, i, sigma, sigma_next, denoised)
         if sigma_next == 0 and not heun_start:  # first order to 0: x - sigma d = denoised
             x = denoised
             continue
@@ -148,7 +148,7 @@ def _dpmpp_multistep(model, x, sigmas, callback, noise_sampler, *, order: int, e
     past = History(order - 1)  # (sigma, denoised) of the previous steps
     for i, sigma, sigma_next in steps(sigmas):
         denoised = model(x, sigma)
-        callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "sigma_next": sigma_next, "denoised": denoised})
+        report_step(callback, x, i, sigma, sigma_next, denoised)
         if sigma_next == 0:
             x = denoised
         else:
@@ -258,7 +258,7 @@ def _unipc_loop(model, x, sigmas, callback, order, variant, lower_order_final, c
         if x_last is not None and corrector:
             x = _unipc_update(x_last, past.sigmas[0], sigma, past, last_order, variant, denoised_t=denoised,
                               velocity=velocity_c)
-        callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "sigma_next": sigma_next, "denoised": denoised})
+        report_step(callback, x, i, sigma, sigma_next, denoised)
         past.push(sigma, denoised)
         # diffusers UniPCMultistepScheduler.step: min(solver_order, len(timesteps) - step_index) at every
         # length (unlike DPMSolverMultistep, whose lower_order_final only applies below 15 steps)

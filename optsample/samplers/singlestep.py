@@ -17,7 +17,7 @@ from typing import Annotated
 
 import torch
 
-from .core import add_noise, ancestral_step, euler_step, steps, to_d
+from .core import add_noise, ancestral_step, euler_step, report_step, steps, to_d
 from .registry import NonNegative, Range, register
 
 
@@ -53,10 +53,6 @@ def _brownian_increments(noise_sampler, sigma: float, sigma_mid: float, sigma_ne
     return first, whole
 
 
-def _report(callback, x, i, sigma, sigma_next, denoised) -> None:
-    callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "sigma_next": sigma_next, "denoised": denoised})
-
-
 @register("dpmpp_2s_ancestral", stochastic=True)
 def dpmpp_2s_ancestral(model, x, sigmas, *, callback, noise_sampler, eta: NonNegative = 1.0,
                        s_noise: NonNegative = 1.0):
@@ -67,7 +63,7 @@ def dpmpp_2s_ancestral(model, x, sigmas, *, callback, noise_sampler, eta: NonNeg
     """
     for i, sigma, sigma_next in steps(sigmas):
         denoised = model(x, sigma)
-        _report(callback, x, i, sigma, sigma_next, denoised)
+        report_step(callback, x, i, sigma, sigma_next, denoised)
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
         if sigma_down == 0:
             x = euler_step(x, to_d(x, sigma, denoised), sigma, sigma_down)
@@ -101,7 +97,7 @@ def dpmpp_sde(model, x, sigmas, *, callback, noise_sampler, eta: NonNegative = 1
     weight_mid = 1 / (2 * r)
     for i, sigma, sigma_next in steps(sigmas):
         denoised = model(x, sigma)
-        _report(callback, x, i, sigma, sigma_next, denoised)
+        report_step(callback, x, i, sigma, sigma_next, denoised)
         if sigma_next == 0:
             x = euler_step(x, to_d(x, sigma, denoised), sigma, sigma_next)
             continue
