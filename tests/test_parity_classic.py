@@ -25,7 +25,7 @@ from scipy import integrate
 
 import optsample
 from optsample.models import GaussianMixture
-from optsample.samplers.classic import lms_coefficients
+from optsample.samplers.adams import lms_coefficients
 
 from helpers import SCHEDULER_KWARGS, CountingEps, run_diffusers, vp_models
 

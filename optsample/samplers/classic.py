@@ -14,9 +14,8 @@ from __future__ import annotations
 import math
 from typing import Annotated, Callable
 
-from numpy.polynomial import Polynomial
-
-from .core import add_noise, add_scaled, ancestral_step, churn, euler_step, exp, log, steps, to_d
+from .adams import combine, lms_coefficients
+from .core import add_noise, add_scaled, ancestral_step, churn, euler_step, exp, log, report_step, steps, to_d
 from .registry import NonNegative, Range, UnitInterval, register
 
 
@@ -56,8 +55,7 @@ def _churned_loop(model, x, sigmas, callback, noise_sampler, s_churn, s_tmin, s_
     for i, sigma, sigma_next in steps(sigmas):
         x, sigma_hat = churn(x, sigma, len(sigmas) - 1, noise_sampler, s_churn, s_tmin, s_tmax, s_noise)
         denoised = model(x, sigma_hat)
-        callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma_hat, "sigma_next": sigma_next,
-                  "denoised": denoised})
+        report_step(callback, x, i, sigma, sigma_next, denoised, sigma_hat)
         d = to_d(x, sigma_hat, denoised)
         if correction is None or sigma_next == 0:
             x = euler_step(x, d, sigma_hat, sigma_next)
@@ -100,7 +98,7 @@ def _ancestral_loop(model, x, sigmas, callback, noise_sampler, eta, s_noise, cor
     ``sample_euler_ancestral`` / ``sample_dpm_2_ancestral``). Plain Euler when sigma_down == 0."""
     for i, sigma, sigma_next in steps(sigmas):
         denoised = model(x, sigma)
-        callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "sigma_next": sigma_next, "denoised": denoised})
+        report_step(callback, x, i, sigma, sigma_next, denoised)
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
         d = to_d(x, sigma, denoised)
         if correction is None or sigma_down == 0:
@@ -153,34 +151,17 @@ def ddpm(model, x, sigmas, *, callback, noise_sampler):
 # Linear multistep.
 
 
-def lms_coefficients(sigma_history: list[float], sigma_next: float) -> list[float]:
-    """Adams-Bashforth weights in sigma: c_j = integral over [sigma_i, sigma_next] of the Lagrange basis polynomial
-    l_j(tau) = prod_{k != j} (tau - s_k) / (s_j - s_k) on the nodes s_0 = sigma_i, s_1 = sigma_{i-1}, ...
-    (k-diffusion ``linear_multistep_coeff``), integrated exactly as polynomials instead of by scipy quad.
-    """
-    nodes = sigma_history
-    sigma = nodes[0]
-    coeffs = []
-    for j, node_j in enumerate(nodes):
-        basis = Polynomial([1.0])
-        for k, node_k in enumerate(nodes):
-            if k != j:
-                basis = basis * Polynomial([-node_k, 1.0]) / (node_j - node_k)
-        antiderivative = basis.integ()
-        coeffs.append(float(antiderivative(sigma_next) - antiderivative(sigma)))
-    return coeffs
-
-
 @register("lms")
 def lms(model, x, sigmas, *, callback, noise_sampler, order: Annotated[int, Range(1, 8)] = 4):
-    """Linear multistep (Adams-Bashforth in sigma) of order ``min(i + 1, order)`` (k-diffusion ``sample_lms``)."""
+    """Linear multistep (Adams-Bashforth in sigma) of order ``min(i + 1, order)`` (k-diffusion ``sample_lms``);
+    the variable-step weights are :func:`optsample.samplers.adams.lms_coefficients`."""
     ds, sigma_history = [], []
     for i, sigma, sigma_next in steps(sigmas):
         denoised = model(x, sigma)
-        callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "sigma_next": sigma_next, "denoised": denoised})
+        report_step(callback, x, i, sigma, sigma_next, denoised)
         ds.insert(0, to_d(x, sigma, denoised))  # newest first, matching the nodes of lms_coefficients
         sigma_history.insert(0, sigma)
         del ds[order:], sigma_history[order:]
         coeffs = lms_coefficients(sigma_history, sigma_next)
-        x = x + sum(coeff * d for coeff, d in zip(coeffs, ds))
+        x = x + combine(coeffs, ds)
     return x

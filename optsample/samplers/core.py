@@ -205,6 +205,14 @@ expm1 = _scalar_fn(math.expm1, torch.expm1)
 sqrt = _scalar_fn(math.sqrt, torch.sqrt)
 
 
+def report_step(callback, x: torch.Tensor, i: int, sigma: float, sigma_next: float, denoised: torch.Tensor,
+                sigma_hat: float | None = None) -> None:
+    """Call the step callback with k-diffusion's keys (``x, i, sigma, sigma_hat, denoised``) and ``sigma_next``;
+    ``sigma_hat`` (the churned noise level) defaults to ``sigma``."""
+    callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma if sigma_hat is None else sigma_hat,
+              "sigma_next": sigma_next, "denoised": denoised})
+
+
 def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float]:
     """Split a step into a deterministic move to ``sigma_down`` and fresh noise of std ``sigma_up``.
 

@@ -20,19 +20,10 @@ from typing import Annotated
 import numpy
 import torch
 
-from .core import add_noise, euler_step, exp, expm1, log, sqrt, steps, to_d
+from .adams import AB_COEFFICIENTS, combine
+from .core import add_noise, euler_step, exp, expm1, log, report_step, sqrt, steps, to_d
 from .transforms import ema
 from .registry import Choice, Decay, NonNegative, Range, register
-
-
-# Adams-Bashforth coefficients, newest first (PNDM, Liu et al. 2022, eq. 12 for order 4; orders 1-3 as
-# in diffusers PNDMScheduler.step_plms and iPNDM, Zhang & Chen 2023, DEIS appendix).
-AB_COEFFICIENTS = {
-    1: (1.0,),
-    2: (3 / 2, -1 / 2),
-    3: (23 / 12, -16 / 12, 5 / 12),
-    4: (55 / 24, -59 / 24, 37 / 24, -9 / 24),
-}
 
 
 class History:
@@ -67,9 +58,8 @@ def _log_ratio(sigma_a: float, sigma_b: float) -> float:
 
 
 def _adams_bashforth(ds: list[torch.Tensor]) -> torch.Tensor:
-    """sum_j c_j d_{i-j} with the AB coefficients of order len(ds), ``ds`` newest first (PNDM eq. 12)."""
-    coefficients = AB_COEFFICIENTS[len(ds)]
-    return sum(c * d for c, d in zip(coefficients, ds))
+    """sum_j c_j d_{i-j} with the AB coefficients of order len(ds), ``ds`` newest first (PNDM eq. 12; :mod:`.adams`)."""
+    return combine(AB_COEFFICIENTS[len(ds)], ds)
 
 
 def _adams_bashforth_sampler(model, x, sigmas, callback, order: int, heun_start: bool):
@@ -85,7 +75,7 @@ def _adams_bashforth_sampler(model, x, sigmas, callback, order: int, heun_start:
     past_ds = History(order - 1)
     for i, sigma, sigma_next in steps(sigmas):
         denoised = model(x, sigma)
-        callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "sigma_next": sigma_next, "denoised": denoised})
+        report_step(callback, x, i, sigma, sigma_next, denoised)
         if sigma_next == 0 and not heun_start:  # first order to 0: x - sigma d = denoised
             x = denoised
             continue
@@ -157,7 +147,7 @@ def _dpmpp_multistep(model, x, sigmas, callback, noise_sampler, *, order: int, e
     past = History(order - 1)  # (sigma, denoised) of the previous steps
     for i, sigma, sigma_next in steps(sigmas):
         denoised = model(x, sigma)
-        callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "sigma_next": sigma_next, "denoised": denoised})
+        report_step(callback, x, i, sigma, sigma_next, denoised)
         if sigma_next == 0:
             x = denoised
         else:
@@ -272,7 +262,7 @@ def _unipc_loop(model, x, sigmas, callback, order, variant, lower_order_final, c
         if x_last is not None and corrector:
             x = _unipc_update(x_last, past.sigmas[0], sigma, past, last_order, variant, denoised_t=denoised,
                               velocity=velocity_c)
-        callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "sigma_next": sigma_next, "denoised": denoised})
+        report_step(callback, x, i, sigma, sigma_next, denoised)
         past.push(sigma, denoised)
         # diffusers UniPCMultistepScheduler.step: min(solver_order, len(timesteps) - step_index) at every
         # length (unlike DPMSolverMultistep, whose lower_order_final only applies below 15 steps)

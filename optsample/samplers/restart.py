@@ -20,7 +20,7 @@ from typing import Annotated
 import torch
 
 from .classic import heun_correction
-from .core import euler_step, steps, to_d
+from .core import euler_step, report_step, steps, to_d
 from .registry import Positive, Range, register
 
 RESTART_RHO = 7.0  # the inner grid is EDM's (Karras et al. 2022, eq. 5), as in the paper's experiments
@@ -92,7 +92,7 @@ def restart(model, x, sigmas, *, callback, noise_sampler, restart_t_min: Positiv
                       "running plain Heun", stacklevel=3)
     for i, sigma, sigma_next in steps(sigmas):
         x_next, denoised = heun_step(model, x, sigma, sigma_next)
-        callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "sigma_next": sigma_next, "denoised": denoised})
+        report_step(callback, x, i, sigma, sigma_next, denoised)
         x = x_next
         if i + 1 == j:
             x = _restart_passes(model, x, sigma_next, restart_t_max, restart_k, restart_steps, noise_sampler, s_noise)

@@ -17,9 +17,8 @@ from typing import Annotated
 
 import torch
 
-from .core import add_noise, ancestral_step, exp, log, steps, to_d
+from .core import add_noise, ancestral_step, euler_step, exp, log, report_step, steps, to_d
 from .registry import NonNegative, Range, register
-
 
 
 def _dpmpp_1(x: torch.Tensor, sigma: float, sigma_to: float, denoised: torch.Tensor) -> torch.Tensor:
@@ -30,11 +29,6 @@ def _dpmpp_1(x: torch.Tensor, sigma: float, sigma_to: float, denoised: torch.Ten
     """
     ratio = sigma_to / sigma
     return ratio * x + (1.0 - ratio) * denoised
-
-
-def _euler(x: torch.Tensor, sigma: float, sigma_to: float, denoised: torch.Tensor) -> torch.Tensor:
-    """An Euler step of the probability-flow ODE, x + d (sigma_to - sigma) (Karras et al. 2022, eq. 3)."""
-    return x + to_d(x, sigma, denoised) * (sigma_to - sigma)
 
 
 def _sigma_between(sigma: float, sigma_to: float, r: float) -> float:
@@ -59,11 +53,7 @@ def _brownian_increments(noise_sampler, sigma: float, sigma_mid: float, sigma_ne
     return first, whole
 
 
-def _report(callback, x, i, sigma, sigma_next, denoised) -> None:
-    callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "sigma_next": sigma_next, "denoised": denoised})
-
-
-@register("dpmpp_2s_ancestral", stochastic=True)
+@register("dpmpp_2s_ancestral", stochastic=True, revision=2)  # 2: core's fused Euler last step (1 ulp)
 def dpmpp_2s_ancestral(model, x, sigmas, *, callback, noise_sampler, eta: NonNegative = 1.0,
                        s_noise: NonNegative = 1.0):
     """DPM-Solver++(2S) to sigma_down, then fresh noise of std sigma_up (k-diffusion ``sample_dpmpp_2s_ancestral``).
@@ -73,10 +63,10 @@ def dpmpp_2s_ancestral(model, x, sigmas, *, callback, noise_sampler, eta: NonNeg
     """
     for i, sigma, sigma_next in steps(sigmas):
         denoised = model(x, sigma)
-        _report(callback, x, i, sigma, sigma_next, denoised)
+        report_step(callback, x, i, sigma, sigma_next, denoised)
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
         if sigma_down == 0:
-            x = _euler(x, sigma, sigma_down, denoised)
+            x = euler_step(x, to_d(x, sigma, denoised), sigma, sigma_down)
         else:
             sigma_mid = _sigma_between(sigma, sigma_down, 0.5)
             denoised_mid = model(_dpmpp_1(x, sigma, sigma_mid, denoised), sigma_mid)
@@ -85,7 +75,7 @@ def dpmpp_2s_ancestral(model, x, sigmas, *, callback, noise_sampler, eta: NonNeg
     return x
 
 
-@register("dpmpp_sde", stochastic=True)
+@register("dpmpp_sde", stochastic=True, revision=2)  # 2: core's fused Euler last step (1 ulp)
 def dpmpp_sde(model, x, sigmas, *, callback, noise_sampler, eta: NonNegative = 1.0, s_noise: NonNegative = 1.0,
               r: Annotated[float, Range(0.0, 1.0, low_open=True, high_open=True)] = 0.5):
     """DPM-Solver++ SDE, a stochastic 2-stage step (k-diffusion ``sample_dpmpp_sde``; "DPM++ SDE" in A1111).
@@ -107,9 +97,9 @@ def dpmpp_sde(model, x, sigmas, *, callback, noise_sampler, eta: NonNegative = 1
     weight_mid = 1 / (2 * r)
     for i, sigma, sigma_next in steps(sigmas):
         denoised = model(x, sigma)
-        _report(callback, x, i, sigma, sigma_next, denoised)
+        report_step(callback, x, i, sigma, sigma_next, denoised)
         if sigma_next == 0:
-            x = _euler(x, sigma, sigma_next, denoised)
+            x = euler_step(x, to_d(x, sigma, denoised), sigma, sigma_next)
             continue
         sigma_mid = _sigma_between(sigma, sigma_next, r)
         noise_mid, noise_next = _brownian_increments(noise_sampler, sigma, sigma_mid, sigma_next) if eta else (0, 0)

@@ -21,6 +21,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 
 from .core import log
+from .adams import AB_COEFFICIENTS, combine, ghvb_combination
 
 
 class StepInfo(NamedTuple):
@@ -183,33 +184,13 @@ def nesterov_trace(beta: float) -> Rule:
     return Rule(_no_state, update)
 
 
-# Generalised heavy-ball / Adams-Bashforth weights: weight_j = (c_j + e_j b) / (den b) on the j-th most
-# recent value (Wizadwongsa et al. 2024, eq. 14; momentum_scheduler.py ``AdamBmixer``); b = 1 gives the
-# Adams-Bashforth weights 1; 3/2,-1/2; 23,-16,5 /12; 55,-59,37,-9 /24 (PNDM, Liu et al. 2022, eq. 12).
-_GHVB_WEIGHTS = {
-    1: (1, [(0, 1)]),
-    2: (2, [(2, 1), (-2, 1)]),
-    3: (12, [(18, 5), (-24, 8), (6, -1)]),
-    4: (24, [(46, 9), (-78, 19), (42, -5), (-10, 1)]),
-}
-
-
-def ghvb_combination(history: tuple, b: float) -> torch.Tensor:
-    """sum_j weight_j(b) history[-1-j] with the order = len(history) (lower order while warming up)."""
-    den, weights = _GHVB_WEIGHTS[len(history)]
-    total = None
-    for (c, e), value in zip(weights, reversed(history)):
-        term = value * ((c + e * b) / (den * b))
-        total = term if total is None else total + term
-    return total
-
-
 def adams_bashforth(order: int) -> Rule:
-    """PLMS: fixed-coefficient Adams-Bashforth combination of the last ``order`` gradients (PNDM eq. 12)."""
+    """PLMS: fixed-coefficient Adams-Bashforth combination of the last ``order`` gradients (PNDM eq. 12;
+    :data:`.adams.AB_COEFFICIENTS`), lower order while warming up. ``history`` holds them oldest first."""
 
     def update(grad, history, info):
         history = ((history or ()) + (grad,))[-order:]
-        return ghvb_combination(history, 1.0), history
+        return combine(AB_COEFFICIENTS[len(history)], history[::-1]), history
 
     return Rule(_no_state, update)
 
@@ -226,7 +207,7 @@ def ghvb(order: float) -> Rule:
         vel, history = state if state is not None else (None, ())
         vel = ema(vel, grad, 1 - b)
         history = (history + (vel,))[-steps_back:]
-        return ghvb_combination(history, b), (vel, history)
+        return ghvb_combination(history[::-1], b), (vel, history)
 
     return Rule(_no_state, update)
 
