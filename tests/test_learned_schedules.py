@@ -150,13 +150,24 @@ def test_gradient_method_decreases_the_teacher_loss_and_keeps_the_schedule_monot
     assert bool((sigmas[1:] < sigmas[:-1]).all()) and float(sigmas[0]) == 80.0 and float(sigmas[-1]) == 0.0
 
 
-def test_gradient_refuses_a_sampler_without_gradients():
-    from optsample.learned_schedules.gradient import learn_gradient
-    from optsample.learned_schedules.problem import Ends
+def test_lms_carries_gradients_through_its_coefficients():
+    """Since the Adams weights have one source (samplers/adams.py, exact in any number type) lms's variable-step
+    coefficients are differentiable in the sigmas: d(output)/d(sigma_2) by autograd == a central finite difference."""
+    gmm = GaussianMixture.random(dim=2, components=2, seed=0)
+    x = torch.randn(3, 2, dtype=F64, generator=torch.Generator().manual_seed(0)) * 80
 
-    gmm, x = GaussianMixture.random(dim=2, components=2, seed=0), torch.randn(4, 2, dtype=F64) * 80
-    with pytest.raises((ValueError, RuntimeError), match="lms|numpy"):
-        learn_gradient("lms", gmm, x, x, x, x, schedules.karras(3), Ends(), iters=1)
+    def out(sigmas):
+        return optsample.sample("lms", gmm, x, sigmas, order=3).square().sum()
+
+    sigmas = schedules.karras(5, 0.002, 80.0).to(F64)
+    leaf = sigmas.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(out(leaf), leaf)
+    h = 1e-6 * float(sigmas[2])
+    plus, minus = sigmas.clone(), sigmas.clone()
+    plus[2] += h
+    minus[2] -= h
+    finite = (out(plus) - out(minus)) / (2 * h)
+    assert abs(float(grad[2]) - float(finite)) <= 1e-5 * abs(float(finite)) + 1e-9
 
 
 # ----------------------------------------------------------------------------------------------

@@ -53,8 +53,10 @@ def _horner(coefficients: list, t):
 
 def lms_coefficients(sigma_history: list[float], sigma_next: float) -> list[float]:
     """Variable-step Adams-Bashforth weights in sigma on the nodes sigma_i, sigma_{i-1}, ... (newest first), for
-    the step sigma_i -> sigma_next (k-diffusion ``linear_multistep_coeff``, integrated exactly instead of by scipy quad)."""
-    return [float(c) for c in lagrange_weights(sigma_history, sigma_history[0], sigma_next)]
+    the step sigma_i -> sigma_next (k-diffusion ``linear_multistep_coeff``, integrated exactly instead of by scipy quad).
+    Python floats in, floats out; 0-dim tensors (sigmas that carry gradients, see core.steps) stay tensors."""
+    weights = lagrange_weights(sigma_history, sigma_history[0], sigma_next)
+    return [c if isinstance(c, torch.Tensor) else float(c) for c in weights]
 
 
 def _fixed_step(order: int, implicit: bool) -> tuple[Fraction, ...]:
