@@ -308,7 +308,7 @@ def generate(plan: RunPlan, built: C.BuiltModel, sigmas: torch.Tensor, device: t
 
 
 def score(plan: RunPlan, built: C.BuiltModel, samples, x_start, sigmas, device) -> dict[str, float]:
-    names = list(plan.cfg["metric"]["names"])
+    names = guidance_tasks.metric_names(plan.cfg, plan.cfg["metric"]["names"])
     if not names:
         return {}
     from .. import metrics
@@ -374,7 +374,7 @@ def execute(cfg: dict, *, job_num: int = 0, run_dir: str | None = None) -> dict:
             return existing
     device = resolve_device(cfg["device"], job_num)
     t_build = time.perf_counter()
-    built = build_model(cfg["model"], device, plan.dtype)
+    built = build_model(guidance_tasks.model_config(cfg), device, plan.dtype)
     sigmas = resolve_schedule(plan, built)
     built, task = guidance_tasks.prepare(cfg, built, sigmas, plan.hparams)
     build_s = time.perf_counter() - t_build
@@ -388,7 +388,8 @@ def execute(cfg: dict, *, job_num: int = 0, run_dir: str | None = None) -> dict:
     row = make_row(plan, metric_values, nfe=nfe, steps=len(sigmas) - 1, device=device)
     t_log = time.perf_counter()
     log_density = getattr(built.denoiser, "log_prob", None) if trajectory else None
-    log_run(plan, metric_values, images, trajectory, run_dir or str(plan.results_dir), log_density)
+    log_run(plan, metric_values, guidance_tasks.log_images(task, images), trajectory, run_dir or str(plan.results_dir),
+            log_density)
     total_s = time.perf_counter() - t_begin
     row.update({
         "time.build_s": build_s, "time.sample_s": sample_s, "time.score_s": score_s,
