@@ -9,8 +9,9 @@ the task's model in :func:`optsample.guidance.guided`. Tasks: ``gmm_inverse`` (t
 :class:`optsample.guidance.GMMInverse`, MCGdiff / TMPD protocol); the digits inverse problems on the
 shipped model's unconditional branch (:mod:`optsample.zoo.digits.inverse`): ``digits_inpaint50``,
 ``digits_inpaint90``, ``digits_box``, ``digits_sr2``, ``digits_sr4``, ``digits_blur`` (``task.sigma_y``
-0.05 by default; 0 too), whose logger picture is measurement | reconstruction | truth per sample. With a
-task, the ``model`` group is not used. Per-step guidance schedules (``dps``, ``adam_dps``, ``mpgd``) get the run's sigmas and the sampler's
+0.05 by default; 0 too), whose logger picture is measurement | reconstruction | truth per sample; and
+``digits_class``, class guidance with a guide and a separate judge classifier
+(:mod:`optsample.zoo.digits.class_guidance`). With a task, the ``model`` group is not used. Per-step guidance schedules (``dps``, ``adam_dps``, ``mpgd``) get the run's sigmas and the sampler's
 ``eta`` (0 for samplers without one: the Euler / DDIM step).
 """
 
@@ -111,7 +112,15 @@ DIGITS_INVERSE = {
     "digits_blur": dict(kind="blur"),
 }
 
-TASKS = {"none": TaskConfig, "gmm_inverse": GMMInverseTaskConfig,
+@dataclass
+class DigitsClassTaskConfig(TaskConfig):
+    """Class guidance of the digits model's unconditional branch towards class k % 10 (the guide: the shipped
+    FID-digits CNN on x0_hat; the judge: the shipped pixel MLP; optsample.zoo.digits.class_guidance)."""
+
+    name: str = "digits_class"
+
+
+TASKS = {"none": TaskConfig, "gmm_inverse": GMMInverseTaskConfig, "digits_class": DigitsClassTaskConfig,
          **{name: functools.partial(DigitsInverseTaskConfig, **kw) for name, kw in DIGITS_INVERSE.items()}}
 DIGITS_MODEL = {"name": "digits", "guidance": 0.0, "checkpoint": None}  # the unconditional (null-class) branch
 
@@ -242,6 +251,8 @@ def _prepare_digits(cfg: dict, task: dict, built, sigmas, hparams):
     from ..models.registry import BuiltModel
     from ..zoo.digits import inverse
 
+    if task["name"] == "digits_class":
+        return _prepare_digits_class(cfg, task, built, sigmas, hparams)
     problem = inverse.make_problem(task["kind"], cfg["n_samples"], sigma_y=task["sigma_y"], drop=task["drop"],
                                    factor=task["factor"], blur_sigma=task["blur_sigma"], seed=task["problem_seed"],
                                    offset=task["offset"])
@@ -254,9 +265,24 @@ def _prepare_digits(cfg: dict, task: dict, built, sigmas, hparams):
             PreparedTask(problem, task))
 
 
+def _prepare_digits_class(cfg: dict, task: dict, built, sigmas, hparams):
+    from ..guidance import ClassifierLoss
+    from ..models.registry import BuiltModel
+    from ..zoo.digits import class_guidance, shipped_classifier
+
+    labels = class_guidance.target_labels(cfg["n_samples"])
+    gcfg = _section(cfg, "guidance")
+    model, conditioning = built.denoiser, None
+    if gcfg["name"] != "none":
+        objective = ClassifierLoss(shipped_classifier(), labels, through=gcfg["through"])
+        model, conditioning = _guided(model, objective, gcfg, sigmas, hparams), _sample_index
+    return (BuiltModel(model, built.sample_shape, conditioning=conditioning, metric_args=built.metric_args),
+            PreparedTask(labels, task))
+
+
 def log_images(prepared: PreparedTask | None, images: torch.Tensor) -> torch.Tensor:
     """What the logger shows: for the digits inverse tasks measurement | reconstruction | truth per sample."""
-    if prepared is None or not is_digits(prepared.cfg):
+    if prepared is None or not is_digits(prepared.cfg) or prepared.cfg["name"] == "digits_class":
         return images
     from ..zoo.digits import inverse
 
@@ -268,6 +294,10 @@ def task_metrics(prepared: PreparedTask | None, samples: torch.Tensor) -> dict[s
     error, component-weight TV, 90 % credible-interval coverage, DPS-gradient cosine per sigma."""
     if prepared is None:
         return {}
+    if prepared.cfg["name"] == "digits_class":
+        from ..zoo.digits import class_guidance
+
+        return class_guidance.class_guidance_metrics(samples, prepared.problem)
     if is_digits(prepared.cfg):
         from ..zoo.digits import inverse
 
