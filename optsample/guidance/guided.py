@@ -130,7 +130,7 @@ class GuidedDenoiser:
         if math.isfinite(float(low) + float(high)):
             return
         bad = (~torch.isfinite(g)).flatten(1).any(1).nonzero().flatten().tolist()
-        where = f"step {self.denoiser.step}, " if self.denoiser is not None else ""
+        where = f"step {self.denoiser.steps_done}, " if self.denoiser is not None else ""  # the step in progress
         raise NonFiniteError(
             f"guidance gradient is non-finite at {where}evaluation {self.calls} (sigma={float(sigma[0]):.6g}) "
             f"for batch item(s) {bad[:10]}"

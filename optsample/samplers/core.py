@@ -79,6 +79,7 @@ class Denoiser:
         self.check_finite = check_finite
         self.nfe = 0
         self.step = 0
+        self.steps_done = 0  # callbacks seen: the step in progress while a model runs (a guided denoiser's errors)
         self._pending: list = []  # [per-sample finite flags on the device, step, sigma, nfe] for deferred checks
         self._latest: list | None = None  # the latest evaluation's record, until the next event fixes its step
         self._bad: list | None = None  # a non-finite CPU evaluation's record, raised at the next event
@@ -88,7 +89,7 @@ class Denoiser:
         if self._latest is not None:
             self._latest[1] = i
             self._latest = None
-        self.step = i
+        self.step, self.steps_done = i, i + 1
         if self._bad is not None:
             self._raise(*self._bad)
 
