@@ -85,6 +85,17 @@ def test_sample_index_selects_the_batch_rows():
 DIGITS = ["logger=none", "metric=none", "progress=false", "sampler=ddim", "nfe=8", "n_samples=16"]
 
 
+@pytest.mark.parametrize("overrides,message", [
+    (["task=digits_sr2", "task.sigma_y=-0.1"], r"task.sigma_y must be >= 0, got -0.1"),
+    (["task=digits_inpaint50", "task.drop=1.0"], r"task.drop must be in \[0, 1\), got 1.0"),
+    (["task=digits_sr2", "task.factor=3"], "task.factor must be 2 or 4, got 3"),
+    (["task=digits_blur", "guidance=exact"], "guidance.objective='exact' needs task=gmm_inverse"),
+])
+def test_bad_digits_task_config_fails_before_work(overrides, message):
+    with pytest.raises(R.ConfigError, match=message):
+        R.plan_run(resolved(DIGITS + overrides))
+
+
 def test_digits_inpainting_row_guided_beats_unguided(tmp_path):
     """task=digits_inpaint50: DPS at lr 1 reconstructs (PSNR 16.7 dB at 20 NFE, 64 samples) where the unguided
     prior draws unrelated digits (8.7 dB): at 8 NFE, 16 samples the gap stays > 4 dB."""

@@ -176,6 +176,15 @@ def check(cfg: dict) -> None:
     task, gcfg = _section(cfg, "task"), _section(cfg, "guidance")
     if task["name"] not in TASKS:
         raise ValueError(f"task {task['name']!r} is not one of {sorted(TASKS)}")
+    if is_digits(task) and task["name"] != "digits_class":
+        if not task["sigma_y"] >= 0:
+            raise ValueError(f"task.sigma_y must be >= 0, got {task['sigma_y']}")
+        if task["kind"] not in ("inpaint", "box", "sr", "blur"):
+            raise ValueError(f"task.kind must be one of ['inpaint', 'box', 'sr', 'blur'], got {task['kind']!r}")
+        if not 0 <= task["drop"] < 1:
+            raise ValueError(f"task.drop must be in [0, 1), got {task['drop']}")
+        if task["factor"] not in (2, 4):
+            raise ValueError(f"task.factor must be 2 or 4, got {task['factor']}")
     if gcfg["name"] == "none":
         return
     if task["name"] == "none":
