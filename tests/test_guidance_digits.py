@@ -162,3 +162,16 @@ def test_digits_class_guidance_row(tmp_path):
     assert "metric.fid_digits" in guided_row
     mpgd_row = R.execute(resolved(base + ["guidance=mpgd"]))  # through x0_hat only: runs, differs from DPS
     assert mpgd_row["metric.guide_accuracy"] != guided_row["metric.guide_accuracy"] or mpgd_row["metric.fid_digits"] != guided_row["metric.fid_digits"]
+
+
+def test_csv_logger_saves_the_side_by_side_picture(tmp_path):
+    """The run's samples.png is the grid of [8, 26] measurement | reconstruction | truth tiles, not of 8x8 samples."""
+    from matplotlib.image import imread
+
+    from optsample.runner import loggers
+
+    R.execute(resolved(DIGITS + ["task=digits_box", "guidance=dps", "logger=csv", f"results_dir={tmp_path}"]),
+              run_dir=str(tmp_path / "run"))
+    saved = imread(tmp_path / "run" / "samples.png")
+    expected = loggers.image_grid(torch.zeros(16, 1, 8, 26))
+    assert saved.shape[:2] == expected.shape[:2] and saved.shape[:2] != loggers.image_grid(torch.zeros(16, 1, 8, 8)).shape[:2]
