@@ -11,6 +11,11 @@ loss [B] (None for a likelihood score). No autograd graph survives the call.
   2026); ``through="x0"``: g = -grad_{x0_hat} fn(x0_hat), no backpropagation through the network (MPGD,
   He et al. 2024, Alg. 1).
 * Ready losses: :class:`MeasurementLoss`, :class:`ClassifierLoss`, :class:`DecodedLoss`.
+
+**Per-sample problems across batches.** A measurement (or label) per sample of a whole run, [N, ...], is
+used batch by batch when the model is called with ``sample_index`` [B] (the run's sample numbers of the
+batch; the runner passes it as conditioning): the ready losses take rows ``sample_index`` of ``y``, of the
+labels and of an operator with a ``select(index)`` method. The model never sees ``sample_index``.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ class LikelihoodScore:
     def __init__(self, fn: Callable):
         self.fn = fn
 
-    def gradient(self, model, x, sigma, **extra):
+    def gradient(self, model, x, sigma, sample_index=None, **extra):
+        if sample_index is not None:
+            raise ValueError("LikelihoodScore has one measurement for all samples: it takes no sample_index")
         with torch.no_grad():
             denoised = model(x, sigma, **extra)
         g = self.fn(x, sigma)
@@ -47,6 +54,8 @@ class Loss:
     ``through="x0"`` differentiates only the loss at x0_hat (backprop-free, MPGD).
     """
 
+    indexed = False  # True: fn takes sample_index= (the ready losses; module docstring)
+
     def __init__(self, fn: Callable, through: str = "denoiser", **cond):
         if through not in THROUGH:
             raise ValueError(f"through must be one of {list(THROUGH)}, got {through!r}")
@@ -56,20 +65,25 @@ class Loss:
     def needs_model_grad(self) -> bool:
         return self.through == "denoiser"
 
-    def loss(self, x0_hat: torch.Tensor) -> torch.Tensor:
-        value = self.fn(x0_hat, **self.cond)
+    def loss(self, x0_hat: torch.Tensor, sample_index=None) -> torch.Tensor:
+        if sample_index is None:
+            value = self.fn(x0_hat, **self.cond)
+        elif not self.indexed:
+            raise ValueError(f"{type(self).__name__} has no per-sample measurements: it takes no sample_index")
+        else:
+            value = self.fn(x0_hat, sample_index=torch.as_tensor(sample_index).long().cpu(), **self.cond)
         if not isinstance(value, torch.Tensor) or value.shape != (x0_hat.shape[0],):
             shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise ValueError(f"the loss must return one value per sample, shape ({x0_hat.shape[0]},), got {shape}")
         return value
 
-    def gradient(self, model, x, sigma, **extra):
+    def gradient(self, model, x, sigma, sample_index=None, **extra):
         if self.through == "x0":
             with torch.no_grad():
                 denoised = model(x, sigma, **extra)
             with torch.enable_grad():
                 x0 = denoised.detach().requires_grad_(True)
-                value = self.loss(x0)
+                value = self.loss(x0, sample_index)
                 (grad,) = torch.autograd.grad(value.sum(), x0)
             return denoised.detach(), -grad.detach(), value.detach()
         with torch.enable_grad():
@@ -80,7 +94,7 @@ class Loss:
                     "Loss(through='denoiser') needs a model differentiable in x, but its output has no gradient "
                     "(run under torch.no_grad or detached?); use through='x0' for a backprop-free step"
                 )
-            value = self.loss(denoised)
+            value = self.loss(denoised, sample_index)
             (grad,) = torch.autograd.grad(value.sum(), x_in)
         return denoised.detach(), -grad.detach(), value.detach()
 
@@ -122,8 +136,11 @@ class MeasurementLoss(Loss):
     """||y - A(x0_hat)|| (``norm="l2"``) or ||y - A(x0_hat)||^2 / (2 sigma_y^2) (``norm="squared"``).
 
     ``y``: [B, *m] (one measurement per sample) or [1, *m] / [*m] (shared); ``operator``: a callable or a
-    [d_y, d] matrix. ``sigma_y`` >= 0, and > 0 for the squared norm.
+    [d_y, d] matrix. ``sigma_y`` >= 0, and > 0 for the squared norm. With ``sample_index`` (module
+    docstring) y is [N, *m] for the run's N samples and an operator with ``select(index)`` is narrowed too.
     """
+
+    indexed = True
 
     def __init__(self, operator, y, sigma_y: float = 0.0, norm: str = "l2", through: str = "denoiser"):
         if not sigma_y >= 0:
@@ -137,21 +154,30 @@ class MeasurementLoss(Loss):
         self.y = y if y.ndim >= 2 else y[None]
         super().__init__(self._value, through=through)
 
-    def _value(self, x0_hat):
-        return measurement_residual_norm(self.y.to(x0_hat.device), self.operator(x0_hat), self.norm, self.sigma_y)
+    def _value(self, x0_hat, sample_index=None):
+        y, operator = self.y, self.operator
+        if sample_index is not None:
+            if int(sample_index.max()) >= y.shape[0] and y.shape[0] != 1:
+                raise ValueError(f"sample_index {int(sample_index.max())} is past the {y.shape[0]} measurements y")
+            y = y if y.shape[0] == 1 else y[sample_index]
+            operator = operator.select(sample_index) if hasattr(operator, "select") else operator
+        return measurement_residual_norm(y.to(x0_hat.device), operator(x0_hat), self.norm, self.sigma_y)
 
 
 class ClassifierLoss(Loss):
     """-log p_phi(c | x0_hat) = cross-entropy of ``classifier(x0_hat) -> logits [B, C]`` at ``labels`` [B]
-    (classifier guidance on the denoised estimate: UGD forward / AdamCG, ``methods/adam_cg.py``)."""
+    (classifier guidance on the denoised estimate: UGD forward / AdamCG, ``methods/adam_cg.py``). With
+    ``sample_index`` the labels are the run's [N] and rows ``sample_index`` are used."""
+
+    indexed = True
 
     def __init__(self, classifier: Callable, labels, through: str = "denoiser"):
         self.classifier, self.labels = classifier, torch.as_tensor(labels).long()
         super().__init__(self._value, through=through)
 
-    def _value(self, x0_hat):
+    def _value(self, x0_hat, sample_index=None):
         logits = self.classifier(x0_hat)
-        labels = self.labels.to(logits.device)
+        labels = (self.labels if sample_index is None else self.labels[sample_index]).to(logits.device)
         if labels.shape != (x0_hat.shape[0],):
             raise ValueError(f"labels must have shape ({x0_hat.shape[0]},), got {tuple(labels.shape)}")
         return torch.nn.functional.cross_entropy(logits, labels, reduction="none")

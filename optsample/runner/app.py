@@ -417,7 +417,8 @@ def stream_run(plan: RunPlan, built: C.BuiltModel, sigmas: torch.Tensor, device:
     from .. import metrics
 
     cfg = plan.cfg
-    stream = metrics.MetricStream(list(cfg["metric"]["names"]), metric_context(plan, built, sigmas, device), cfg["n_samples"])
+    names = guidance_tasks.metric_names(cfg, cfg["metric"]["names"])  # a task= run drops the analytic metrics
+    stream = metrics.MetricStream(names, metric_context(plan, built, sigmas, device), cfg["n_samples"])
     trajectory: list = []
     record = (lambda info: trajectory.append(info["x"][:TRAJECTORY_SAMPLES].cpu())) if cfg["log_trajectory"] else None
     total = sum(stop - start for start, stop in chunk_list)
@@ -501,7 +502,7 @@ def execute(cfg: dict, *, job_num: int = 0, run_dir: str | None = None) -> dict:
             return existing
     device = resolve_device(cfg["device"], here.local_rank if here.size > 1 else job_num)
     t_build = time.perf_counter()
-    built = build_model(cfg["model"], device, plan.dtype)
+    built = build_model(guidance_tasks.model_config(cfg), device, plan.dtype)
     sigmas = resolve_schedule(plan, built)
     built, task = guidance_tasks.prepare(cfg, built, sigmas, plan.hparams)
     build_s = time.perf_counter() - t_build
@@ -529,7 +530,8 @@ def execute(cfg: dict, *, job_num: int = 0, run_dir: str | None = None) -> dict:
     row["world_size"] = here.size
     t_log = time.perf_counter()
     log_density = getattr(built.denoiser, "log_prob", None) if part.trajectory else None
-    log_run(plan, metric_values, part.samples, part.trajectory, run_dir or str(plan.results_dir), log_density)
+    log_run(plan, metric_values, guidance_tasks.log_images(task, part.samples), part.trajectory,
+            run_dir or str(plan.results_dir), log_density)
     total_s = time.perf_counter() - t_begin
     row.update({
         "time.build_s": build_s, "time.sample_s": part.sample_s, "time.score_s": score_s,

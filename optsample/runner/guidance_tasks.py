@@ -2,10 +2,16 @@
 
     optsample-run -m task=gmm_inverse guidance=dps,adam_dps,mpgd sampler=ddim,euler steps=20,50 metric=none
 
+    optsample-run -m task=digits_inpaint90 guidance=dps,adam_dps sampler=ddim,euler nfe=20
+
 ``task`` brings its own model and measurement and adds its metrics to the result row; ``guidance`` wraps
 the task's model in :func:`optsample.guidance.guided`. Tasks: ``gmm_inverse`` (the exact testbed,
-:class:`optsample.guidance.GMMInverse`, MCGdiff / TMPD protocol). With a task, the ``model`` group is not
-used. Per-step guidance schedules (``dps``, ``adam_dps``, ``mpgd``) get the run's sigmas and the sampler's
+:class:`optsample.guidance.GMMInverse`, MCGdiff / TMPD protocol); the digits inverse problems on the
+shipped model's unconditional branch (:mod:`optsample.zoo.digits.inverse`): ``digits_inpaint50``,
+``digits_inpaint90``, ``digits_box``, ``digits_sr2``, ``digits_sr4``, ``digits_blur`` (``task.sigma_y``
+0.05 by default; 0 too), whose logger picture is measurement | reconstruction | truth per sample; and
+``digits_class``, class guidance with a guide and a separate judge classifier
+(:mod:`optsample.zoo.digits.class_guidance`). With a task, the ``model`` group is not used. Per-step guidance schedules (``dps``, ``adam_dps``, ``mpgd``) get the run's sigmas and the sampler's
 ``eta`` (0 for samplers without one: the Euler / DDIM step).
 """
 
@@ -82,7 +88,41 @@ class GMMInverseTaskConfig(TaskConfig):
     cosine_sigmas: List[float] = field(default_factory=lambda: [0.05, 0.5, 2.0, 10.0])
 
 
-TASKS = {"none": TaskConfig, "gmm_inverse": GMMInverseTaskConfig}
+@dataclass
+class DigitsInverseTaskConfig(TaskConfig):
+    """A digits inverse problem (optsample.zoo.digits.inverse.make_problem) on held-out digits; sample k is
+    held-out image (offset + k) % 450 with its own mask and noise (seeded by problem_seed)."""
+
+    name: str = "digits_inpaint50"
+    kind: str = "inpaint"  # inpaint | box | sr | blur
+    drop: float = 0.5  # inpaint: the fraction of pixels dropped
+    factor: int = 2  # sr: the average-pool factor
+    blur_sigma: float = 1.0  # blur: the 3x3 Gaussian's width
+    sigma_y: float = 0.05
+    problem_seed: int = 0
+    offset: int = 0  # the first held-out image (tuning and held-out problems use different offsets)
+
+
+DIGITS_INVERSE = {
+    "digits_inpaint50": dict(kind="inpaint", drop=0.5),
+    "digits_inpaint90": dict(kind="inpaint", drop=0.9),
+    "digits_box": dict(kind="box"),
+    "digits_sr2": dict(kind="sr", factor=2),
+    "digits_sr4": dict(kind="sr", factor=4),
+    "digits_blur": dict(kind="blur"),
+}
+
+@dataclass
+class DigitsClassTaskConfig(TaskConfig):
+    """Class guidance of the digits model's unconditional branch towards class k % 10 (the guide: the shipped
+    FID-digits CNN on x0_hat; the judge: the shipped pixel MLP; optsample.zoo.digits.class_guidance)."""
+
+    name: str = "digits_class"
+
+
+TASKS = {"none": TaskConfig, "gmm_inverse": GMMInverseTaskConfig, "digits_class": DigitsClassTaskConfig,
+         **{name: functools.partial(DigitsInverseTaskConfig, **kw) for name, kw in DIGITS_INVERSE.items()}}
+DIGITS_MODEL = {"name": "digits", "guidance": 0.0, "checkpoint": None}  # the unconditional (null-class) branch
 
 
 def register_configs(cs) -> None:
@@ -106,6 +146,26 @@ def needs_grad(cfg: dict) -> bool:
     return active(cfg)
 
 
+def is_digits(task: dict) -> bool:
+    return task["name"].startswith("digits_")
+
+
+def model_config(cfg: dict) -> dict:
+    """The model the run builds: the task's own for the digits tasks (its schedule range too), else cfg.model."""
+    return DIGITS_MODEL if is_digits(_section(cfg, "task")) else cfg["model"]
+
+
+PRIOR_METRICS = ("rmse", "loglik", "mode_error", "mmd2_unbiased", "sliced_wasserstein")  # the analytic group
+
+
+def metric_names(cfg: dict, names: list) -> list:
+    """With a task the metrics of the prior (its reference ODE solution, its density) do not measure the
+    posterior: they are left out and the task's own metrics reported; others (fid, kid) are kept."""
+    if _section(cfg, "task")["name"] == "none":
+        return list(names)
+    return [name for name in names if name not in PRIOR_METRICS]
+
+
 def _rule_hparams(gcfg: dict) -> dict:
     names = guidance_rules.rule_hparam_names(gcfg["rule"])
     return {k: gcfg[k] for k in RULE_HPARAMS if k in names}
@@ -116,6 +176,15 @@ def check(cfg: dict) -> None:
     task, gcfg = _section(cfg, "task"), _section(cfg, "guidance")
     if task["name"] not in TASKS:
         raise ValueError(f"task {task['name']!r} is not one of {sorted(TASKS)}")
+    if is_digits(task) and task["name"] != "digits_class":
+        if not task["sigma_y"] >= 0:
+            raise ValueError(f"task.sigma_y must be >= 0, got {task['sigma_y']}")
+        if task["kind"] not in ("inpaint", "box", "sr", "blur"):
+            raise ValueError(f"task.kind must be one of ['inpaint', 'box', 'sr', 'blur'], got {task['kind']!r}")
+        if not 0 <= task["drop"] < 1:
+            raise ValueError(f"task.drop must be in [0, 1), got {task['drop']}")
+        if task["factor"] not in (2, 4):
+            raise ValueError(f"task.factor must be 2 or 4, got {task['factor']}")
     if gcfg["name"] == "none":
         return
     if task["name"] == "none":
@@ -125,6 +194,8 @@ def check(cfg: dict) -> None:
     if gcfg["lr_schedule"] not in LR_SCHEDULES:
         raise ValueError(f"guidance.lr_schedule must be one of {list(LR_SCHEDULES)}, got {gcfg['lr_schedule']!r}")
     guidance_rules.make_rule(gcfg["rule"], **_rule_hparams(gcfg))
+    if gcfg["objective"] == "exact" and task["name"] != "gmm_inverse":
+        raise ValueError(f"guidance.objective='exact' needs task=gmm_inverse (an exact likelihood score), got task={task['name']}")
     if not gcfg["lr"] >= 0:
         raise ValueError(f"guidance.lr must be >= 0, got {gcfg['lr']}")
 
@@ -160,6 +231,8 @@ def prepare(cfg: dict, built, sigmas: torch.Tensor, hparams: dict):
     task = _section(cfg, "task")
     if task["name"] == "none":
         return built, None
+    if is_digits(task):
+        return _prepare_digits(cfg, task, built, sigmas, hparams)
     problem = _gmm_problem(task["dim"], task["dim_y"], task["problem_seed"], task["sigma_y"])
     model = problem.prior
     gcfg = _section(cfg, "guidance")
@@ -168,10 +241,61 @@ def prepare(cfg: dict, built, sigmas: torch.Tensor, hparams: dict):
             objective = LikelihoodScore(problem.likelihood_score)
         else:
             objective = MeasurementLoss(problem.A, problem.y, problem.sigma_y, norm=gcfg["norm"], through=gcfg["through"])
-        model = guided(model, objective, rule=gcfg["rule"], lr=gcfg["lr"], lr_schedule=gcfg["lr_schedule"],
-                       lr_end=gcfg["lr_end"], sigma_max=float(sigmas[0]), sigma_min=float(sigmas[-2]),
-                       sigmas=sigmas, eta=float(hparams.get("eta", 0.0)), **_rule_hparams(gcfg))
+        model = _guided(model, objective, gcfg, sigmas, hparams)
     return BuiltModel(model, (problem.dim,)), PreparedTask(problem, task)
+
+
+def _guided(model, objective, gcfg: dict, sigmas, hparams: dict):
+    return guided(model, objective, rule=gcfg["rule"], lr=gcfg["lr"], lr_schedule=gcfg["lr_schedule"],
+                  lr_end=gcfg["lr_end"], sigma_max=float(sigmas[0]), sigma_min=float(sigmas[-2]),
+                  sigmas=sigmas, eta=float(hparams.get("eta", 0.0)), **_rule_hparams(gcfg))
+
+
+def _sample_index(indices: list) -> dict:
+    """Guided digits runs: each batch's sample numbers select its measurements (optsample.guidance.objectives)."""
+    return {"sample_index": torch.as_tensor(list(indices), dtype=torch.long)}
+
+
+def _prepare_digits(cfg: dict, task: dict, built, sigmas, hparams):
+    from ..models.registry import BuiltModel
+    from ..zoo.digits import inverse
+
+    if task["name"] == "digits_class":
+        return _prepare_digits_class(cfg, task, built, sigmas, hparams)
+    problem = inverse.make_problem(task["kind"], cfg["n_samples"], sigma_y=task["sigma_y"], drop=task["drop"],
+                                   factor=task["factor"], blur_sigma=task["blur_sigma"], seed=task["problem_seed"],
+                                   offset=task["offset"])
+    gcfg = _section(cfg, "guidance")
+    model, conditioning = built.denoiser, None
+    if gcfg["name"] != "none":
+        objective = MeasurementLoss(problem.operator, problem.y, problem.sigma_y, norm=gcfg["norm"], through=gcfg["through"])
+        model, conditioning = _guided(model, objective, gcfg, sigmas, hparams), _sample_index
+    return (BuiltModel(model, built.sample_shape, conditioning=conditioning, metric_args=built.metric_args),
+            PreparedTask(problem, task))
+
+
+def _prepare_digits_class(cfg: dict, task: dict, built, sigmas, hparams):
+    from ..guidance import ClassifierLoss
+    from ..models.registry import BuiltModel
+    from ..zoo.digits import class_guidance, shipped_classifier
+
+    labels = class_guidance.target_labels(cfg["n_samples"])
+    gcfg = _section(cfg, "guidance")
+    model, conditioning = built.denoiser, None
+    if gcfg["name"] != "none":
+        objective = ClassifierLoss(shipped_classifier(), labels, through=gcfg["through"])
+        model, conditioning = _guided(model, objective, gcfg, sigmas, hparams), _sample_index
+    return (BuiltModel(model, built.sample_shape, conditioning=conditioning, metric_args=built.metric_args),
+            PreparedTask(labels, task))
+
+
+def log_images(prepared: PreparedTask | None, images: torch.Tensor) -> torch.Tensor:
+    """What the logger shows: for the digits inverse tasks measurement | reconstruction | truth per sample."""
+    if prepared is None or not is_digits(prepared.cfg) or prepared.cfg["name"] == "digits_class":
+        return images
+    from ..zoo.digits import inverse
+
+    return inverse.side_by_side(prepared.problem, images)
 
 
 def task_metrics(prepared: PreparedTask | None, samples: torch.Tensor) -> dict[str, float]:
@@ -179,6 +303,14 @@ def task_metrics(prepared: PreparedTask | None, samples: torch.Tensor) -> dict[s
     error, component-weight TV, 90 % credible-interval coverage, DPS-gradient cosine per sigma."""
     if prepared is None:
         return {}
+    if prepared.cfg["name"] == "digits_class":
+        from ..zoo.digits import class_guidance
+
+        return class_guidance.class_guidance_metrics(samples, prepared.problem)
+    if is_digits(prepared.cfg):
+        from ..zoo.digits import inverse
+
+        return inverse.reconstruction_metrics(prepared.problem, samples)
     from ..metrics.analytic import sliced_wasserstein_distance
 
     task, problem = prepared.cfg, prepared.problem

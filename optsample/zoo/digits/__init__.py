@@ -9,14 +9,14 @@ Retrain the weights with ``optsample-train install=true`` (optsample/zoo/digits/
 """
 
 from . import data
-from .checkpoints import load_classifier, load_denoiser, provenance, shipped_classifier
+from .checkpoints import load_classifier, load_denoiser, load_judge, provenance, shipped_classifier, shipped_judge
 from .guidance import GuidedDenoiser
 from .metrics import register as _register_metrics
-from .nets import NULL_CLASS, DigitsClassifier, DigitsUNet
+from .nets import NULL_CLASS, DigitsClassifier, DigitsJudge, DigitsUNet
 
 _register_metrics()
 
 __all__ = [
-    "NULL_CLASS", "DigitsClassifier", "DigitsUNet", "GuidedDenoiser", "data", "load_classifier", "load_denoiser",
-    "provenance", "shipped_classifier",
+    "NULL_CLASS", "DigitsClassifier", "DigitsJudge", "DigitsUNet", "GuidedDenoiser", "data", "load_classifier",
+    "load_denoiser", "load_judge", "provenance", "shipped_classifier", "shipped_judge",
 ]

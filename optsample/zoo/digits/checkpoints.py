@@ -15,12 +15,14 @@ from pathlib import Path
 import torch
 
 from ...models import EDMPrecond
-from .nets import DigitsClassifier, DigitsUNet
+from .nets import DigitsClassifier, DigitsJudge, DigitsUNet
 
 ASSET_DIR = Path(__file__).resolve().parent / "assets"
 DENOISER_FILE = "digits_edm.safetensors"
 CLASSIFIER_FILE = "digits_classifier.safetensors"
 PROVENANCE_FILE = "digits.json"
+JUDGE_FILE = "digits_judge.safetensors"  # the class-guidance judge (optsample/zoo/digits/judge.py)
+JUDGE_PROVENANCE_FILE = "digits_judge.json"
 
 
 def asset(name: str) -> Path:
@@ -81,6 +83,19 @@ def load_classifier(path: str | Path | None = None) -> DigitsClassifier:
 def shipped_classifier() -> DigitsClassifier:
     """The shipped classifier (loaded once per process; used by FID-digits and the accuracy metric)."""
     return load_classifier()
+
+
+def load_judge(path: str | Path | None = None) -> DigitsJudge:
+    state, meta = _read(path or asset(JUDGE_FILE))
+    net = DigitsJudge(hidden=meta.get("hidden", 128))
+    net.load_state_dict(state)
+    return net.eval().requires_grad_(False)
+
+
+@functools.lru_cache(maxsize=1)
+def shipped_judge() -> DigitsJudge:
+    """The shipped judge of class guidance (a network other than the guide, :class:`DigitsJudge`)."""
+    return load_judge()
 
 
 def provenance() -> dict:

@@ -100,5 +100,19 @@ class DigitsClassifier(nn.Module):
         return self.head(self.features(images))
 
 
+class DigitsJudge(nn.Module):
+    """The *judge* of class guidance: a ReLU MLP on the 64 raw pixels (no convolutions, no shared layers
+    with :class:`DigitsClassifier`, another seed), so samples that fool the guide's gradients are not
+    judged by the same function (Shen et al., NeurIPS 2024: guidance exploits its own guide)."""
+
+    def __init__(self, hidden: int = 128):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, 10))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+
 def parameter_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())

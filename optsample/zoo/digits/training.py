@@ -105,11 +105,13 @@ def shift_augment(images: torch.Tensor, generator: torch.Generator, max_shift: i
     return out
 
 
-def train_classifier(*, epochs: int, batch_size: int, lr: float, seed: int) -> tuple[DigitsClassifier, History]:
-    """The FID-digits classifier: cross-entropy on the train split with +-1 pixel shifts (eval mode on return)."""
+def train_classifier(*, epochs: int, batch_size: int, lr: float, seed: int,
+                     make_net=DigitsClassifier) -> tuple[torch.nn.Module, History]:
+    """The FID-digits classifier (or ``make_net()``, e.g. the judge): cross-entropy on the train split with
+    +-1 pixel shifts (eval mode on return)."""
     images, labels = data.load("train")
     torch.manual_seed(seed)
-    net = DigitsClassifier()
+    net = make_net()
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed + 1)
     steps_per_epoch = len(images) // batch_size
