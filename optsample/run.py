@@ -4,13 +4,14 @@
 from .runner.app import (
     TRAJECTORY_SAMPLES, VERSIONED_PACKAGES, ConfigError, RunPlan, SweepTableCallback, batch_conditioning, build_model,
     config_path, execute, generate, git_revision, hashed_config, log_run, main, make_row, objective_of,
-    package_versions, plan_run, run_name, sample_seeds, score, task,
+    metric_context, package_versions, plan_run, resolve_schedule, run_name, sample_seeds, stream_run, task,
 )
 
 __all__ = [
     "TRAJECTORY_SAMPLES", "VERSIONED_PACKAGES", "ConfigError", "RunPlan", "SweepTableCallback", "batch_conditioning",
     "build_model", "config_path", "execute", "generate", "git_revision", "hashed_config", "log_run", "main",
-    "make_row", "objective_of", "package_versions", "plan_run", "run_name", "sample_seeds", "score", "task",
+    "make_row", "metric_context", "objective_of", "package_versions", "plan_run", "resolve_schedule", "run_name",
+    "sample_seeds", "stream_run", "task",
 ]
 
 if __name__ == "__main__":
