@@ -56,7 +56,7 @@ def learn(model, sampler: str, nfe: int, sample_shape, *, method: str = "dp", hp
     hparams, ends = dict(hparams or {}), ends if ends is not None else Ends()
     samplers.get(sampler).make_params(**hparams)  # unknown sampler / bad hyper-parameter: before any work
     options = method_options(method, options)
-    n_steps = steps_for_budget(sampler, nfe, hparams)
+    n_steps = steps_for_budget(sampler, nfe, hparams, ends)
     teacher = teacher if teacher is not None else ExactTeacher()
     seeds = [int(s) for s in seeds]
     if method == "dp":

@@ -19,12 +19,12 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .. import reference, samplers
+from .. import reference, samplers, schedules
 
 F64 = torch.float64
 
 
-class BudgetError(ValueError):
+class BudgetError(samplers.BudgetError):
     """An NFE budget the sampler cannot meet with a learnable schedule (>= 2 steps)."""
 
 
@@ -45,18 +45,23 @@ class Ends:
                              f"sigma_max={self.sigma_max}")
 
 
-def steps_for_budget(sampler: str, nfe: int, hparams: dict | None = None) -> int:
-    """The step count of ``sampler`` within ``nfe`` evaluations (``samplers.steps_for_nfe``), refusing a budget
-    that gives fewer than 2 steps (a schedule [sigma_max, 0] has no free sigma) or that one step already exceeds."""
-    hparams = dict(hparams or {})
+def steps_for_budget(sampler: str, nfe: int, hparams: dict | None = None, ends: Ends | None = None) -> int:
+    """The step count of ``sampler`` within ``nfe`` evaluations, measured on a Karras schedule over the learned
+    range (``samplers.steps_for_nfe``, as the runner does), refusing a budget that gives fewer than 2 steps (a
+    schedule [sigma_max, 0] has no free sigma) or that one step already exceeds."""
+    hparams, ends = dict(hparams or {}), ends if ends is not None else Ends()
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
         raise BudgetError(f"nfe must be an integer >= 1, got {nfe!r}")
-    n_steps = samplers.steps_for_nfe(sampler, nfe, **hparams)
-    used = samplers.measure_nfe(sampler, n_steps, **hparams)
-    if used > nfe:
-        raise BudgetError(f"nfe={nfe}: sampler {sampler!r} needs {used} evaluations for a single step")
+
+    def schedule(n: int) -> torch.Tensor:
+        return schedules.karras(n, ends.sigma_min, ends.sigma_max)
+
+    try:
+        n_steps = samplers.steps_for_nfe(sampler, nfe, schedule=schedule, **hparams)
+    except samplers.BudgetError as err:
+        raise BudgetError(f"nfe={nfe}: {err}") from None
     if n_steps < 2:
-        two = samplers.measure_nfe(sampler, 2, **hparams)
+        two = samplers.measure_nfe(sampler, 2, schedule=schedule, **hparams)
         raise BudgetError(f"nfe={nfe} gives sampler {sampler!r} 1 step, which has no sigma to learn; "
                           f"give nfe >= {two} (2 steps)")
     return n_steps

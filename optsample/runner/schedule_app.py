@@ -81,9 +81,9 @@ def plan(cfg: dict) -> dict:
     if cfg["teacher"]["name"] not in TEACHERS:
         raise R.ConfigError(f"teacher.name must be one of {list(TEACHERS)}, got {cfg['teacher']['name']!r}")
     try:
-        Ends(cfg["sigma_max"], cfg["sigma_min"])
+        ends = Ends(cfg["sigma_max"], cfg["sigma_min"])
         options = method_options(cfg["method"], cfg[cfg["method"]])
-        steps_for_budget(cfg["sampler"]["name"], cfg["nfe"], C.sampler_hparams(cfg["sampler"]))
+        steps_for_budget(cfg["sampler"]["name"], cfg["nfe"], C.sampler_hparams(cfg["sampler"]), ends)
         if cfg["teacher"]["name"] != "exact_ode":
             samplers.get(cfg["teacher"]["sampler"])  # the solver teacher's sampler exists
     except (KeyError, ValueError) as err:
