@@ -328,3 +328,30 @@ def test_lpips_without_torchvision_names_the_extra(tiny):
         R.plan_run(resolved(RUN + task_args(tiny, "cat_sr4") + ["task.lpips=true"]))
     with pytest.raises(ImportError, match=r"pip install 'optsample\[inception\]'"):
         T.lpips(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8))
+
+
+# ------------------------------------------------------------------------------ the published configs
+
+
+@pytest.mark.parametrize("experiment,task,lr,betas", [
+    ("published_adam_dps_cats", "cat_sr4", 0.028345205024078887, (0.1379679693259383, 0.03214589787727347)),
+    ("published_adam_dps_cifar10", "cifar10_class", 0.034016831764649244, (0.0, 0.816854997120548)),
+    ("published_dps2022_cats", "cat_sr4", 0.3, None),
+])
+def test_published_configs_plan_with_the_peers_settings(tiny, tmp_path, experiment, task, lr, betas):
+    """Each committed experiment composes and passes the run's checks (with local files; LPIPS / FID off, as
+    this machine has no torchvision), at the peers' settings: AdamDPS 100 leading DDIM steps of 1000 at eta 1
+    with the best (s, beta1, beta2) of adam-guidance's search CSVs (README of results/.../published.md); DPS2022
+    1000 steps, scale 0.3, sigma_y 0.05."""
+    torch.save(T.ResNet18(width=4).state_dict(), tmp_path / "resnet.pt")
+    local = ([f"task.classifier={tmp_path / 'resnet.pt'}"] if task == "cifar10_class" else
+             [f"task.data_dir={tiny['data']}", "task.lpips=false", "task.fid_feature_net=null"])
+    cfg = resolved([f"experiment={experiment}", "logger=none"] + local)
+    plan = R.plan_run(cfg)
+    assert cfg["task"]["name"] == task and cfg["guidance"]["lr"] == lr and cfg["sampler"] == {"name": "ddim", "eta": 1.0}
+    assert plan.key and cfg["schedule"]["spacing"] == "leading" and cfg["steps"] == (1000 if "dps2022" in experiment else 100)
+    if betas is not None:
+        assert (cfg["guidance"]["rule"], cfg["guidance"]["lr_schedule"]) == ("adam", "adam_dps")
+        assert (cfg["guidance"]["beta1"], cfg["guidance"]["beta2"]) == betas
+    else:
+        assert (cfg["guidance"]["rule"], cfg["guidance"]["lr_schedule"], cfg["task"]["sigma_y"]) == ("sgd", "dps", 0.05)
