@@ -11,7 +11,9 @@ shipped model's unconditional branch (:mod:`optsample.zoo.digits.inverse`): ``di
 ``digits_inpaint90``, ``digits_box``, ``digits_sr2``, ``digits_sr4``, ``digits_blur`` (``task.sigma_y``
 0.05 by default; 0 too), whose logger picture is measurement | reconstruction | truth per sample; and
 ``digits_class``, class guidance with a guide and a separate judge classifier
-(:mod:`optsample.zoo.digits.class_guidance`). With a task, the ``model`` group is not used. Per-step guidance schedules (``dps``, ``adam_dps``, ``mpgd``) get the run's sigmas and the sampler's
+(:mod:`optsample.zoo.digits.class_guidance`); the published image tasks ``cat_sr4``, ``cat_sr16``, ``cat_deblur``,
+``cat_inpaint90``, ``cifar10_class`` (:mod:`optsample.integrations.diffusers.inverse_tasks`, a task family,
+``register_family``). With a task, the ``model`` group is not used. Per-step guidance schedules (``dps``, ``adam_dps``, ``mpgd``) get the run's sigmas and the sampler's
 ``eta`` (0 for samplers without one: the Euler / DDIM step).
 """
 
