@@ -283,15 +283,34 @@ def test_resnet18_loads_the_peers_state_dict():
     assert ours.eval()(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
+def save_constant_judge(folder, label: int = 3) -> str:
+    """A tiny transformers ConvNext image classifier (+ its image processor) whose head always answers ``label``."""
+    from transformers import ConvNextConfig, ConvNextForImageClassification, ConvNextImageProcessor
+
+    model = ConvNextForImageClassification(ConvNextConfig(num_channels=3, hidden_sizes=[8, 16], depths=[1, 1], num_stages=2,
+                                                          num_labels=10, image_size=32))
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.zero_()
+        model.classifier.bias[label] = 1.0
+    model.save_pretrained(folder)
+    ConvNextImageProcessor(size={"shortest_edge": 32}).save_pretrained(folder)
+    return str(folder)
+
+
 def test_cifar10_class_guidance_runs_through_the_runner(tiny, tmp_path):
-    """task=cifar10_class with a narrow ResNet-18 state dict (width 4, read from the file): labels k % 10, the
-    row has the guide accuracy; AdamDPS's rule on the classifier gradient, 2 DDIM steps."""
+    """task=cifar10_class with a narrow ResNet-18 state dict (width 4, read from the file), AdamDPS's rule on the
+    classifier gradient, 2 DDIM steps: labels k % 10 = 0, 1, 2, 3, so a judge that always answers 3 scores
+    exactly 0.25; FID against a reference .pt with avgpool4 features is finite."""
     torch.manual_seed(1)
     torch.save(T.ResNet18(width=4).state_dict(), tmp_path / "resnet.pt")
+    torch.save(torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1, tmp_path / "reference.pt")
     cfg = resolved(RUN + ["task=cifar10_class", f"task.model={tiny['model']}", f"task.classifier={tmp_path / 'resnet.pt'}",
-                          "guidance=adam_dps", "n_samples=4", f"results_dir={tmp_path}"])
+                          f"task.judge={save_constant_judge(tmp_path / 'judge')}", f"task.fid_reference={tmp_path / 'reference.pt'}",
+                          "task.feature_net=avgpool4", "guidance=adam_dps", "n_samples=4", f"results_dir={tmp_path}"])
     row = R.execute(cfg)
     assert row["task.name"] == "cifar10_class" and row["nfe"] == 2 and 0 <= row["metric.guide_accuracy"] <= 1
+    assert row["metric.judge_accuracy"] == 0.25 and math.isfinite(row["metric.fid"])
     assert torch.equal(T.target_labels(12, -1, 10)[10:], torch.tensor([0, 1]))
 
 
@@ -355,3 +374,34 @@ def test_published_configs_plan_with_the_peers_settings(tiny, tmp_path, experime
         assert (cfg["guidance"]["beta1"], cfg["guidance"]["beta2"]) == betas
     else:
         assert (cfg["guidance"]["rule"], cfg["guidance"]["lr_schedule"], cfg["task"]["sigma_y"]) == ("sgd", "dps", 0.05)
+
+
+def test_the_adam_dps_config_is_adam_guidance_loop_on_a_unet(tiny):
+    """What published_adam_dps_cats runs (schedule=discrete spacing=leading, ddim eta 1, guided rule adam with
+    lr_schedule adam_dps) == optsample.guidance.published.adam_dps (tested against adam-guidance's loop) with
+    the timesteps of the peer's scheduler, diffusers DDIMScheduler.from_config(DDPM config).set_timesteps(10)
+    (its diffusion/unet/huggingface.py), no clipping, on the tiny UNet in float64: <= 1e-9. With linspace
+    spacing (other timesteps) the two differ: the check can fail."""
+    from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+
+    from optsample.guidance.published import adam_dps
+    from optsample.integrations.diffusers.adapters import unet_denoiser
+
+    unet = UNet2DModel.from_pretrained(tiny["model"], subfolder="unet").double().eval()
+    ddpm = DDPMScheduler.from_pretrained(tiny["model"], subfolder="scheduler")
+    ddim = DDIMScheduler.from_config(ddpm.config)
+    ddim.set_timesteps(10)
+    truth = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 2 - 1
+    operator = operators.BicubicDown(4, (32, 32))
+    loss = MeasurementLoss(operator, operator(truth.float()).double())
+    seeds, hp = [7, 8], dict(beta1=0.14, beta2=0.03)
+    x_vp = optsample.initial_noise(seeds, (3, 32, 32), dtype=torch.float64)
+    with torch.no_grad():
+        theirs = adam_dps(lambda x, t: unet(x, t).sample, x_vp, loss, ddpm.alphas_cumprod.double(), ddim.timesteps.tolist(),
+                          scale=0.03, eta=1.0, seeds=seeds, **hp)
+        denoiser = unet_denoiser(unet, ddpm)
+        for spacing, close in (("leading", True), ("linspace", False)):
+            sigmas = schedules.discrete(denoiser.alphas_cumprod, 10, spacing=spacing)
+            model = guided(denoiser, loss, rule="adam", lr=0.03, lr_schedule="adam_dps", sigmas=sigmas, eta=1.0, **hp)
+            ours = optsample.sample("ddim", model, x_vp * (1 + sigmas[0] ** 2).sqrt(), sigmas, seeds=seeds, eta=1.0)
+            assert (float((ours - theirs).abs().max()) <= 1e-9) == close
