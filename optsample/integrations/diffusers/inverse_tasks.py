@@ -201,7 +201,10 @@ def lpips(reconstruction: torch.Tensor, truth: torch.Tensor) -> float:
     from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
 
     metric = LearnedPerceptualImagePatchSimilarity(net_type="squeeze", normalize=True)
-    return float(metric((reconstruction.float().cpu().clamp(-1, 1) + 1) / 2, (truth.float().cpu() + 1) / 2))
+    for start in range(0, reconstruction.shape[0], 16):  # the mean over all images, 16 at a time
+        metric.update((reconstruction[start:start + 16].float().cpu().clamp(-1, 1) + 1) / 2,
+                      (truth[start:start + 16].float().cpu() + 1) / 2)
+    return float(metric.compute())
 
 
 def fid(samples: torch.Tensor, reference: torch.Tensor, feature_net: str) -> float:
@@ -315,19 +318,19 @@ def _to_uint8(images: torch.Tensor):
     return ((images.detach().float().cpu().clamp(-1, 1) / 2 + 0.5) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def judge_accuracy(path: str, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256) -> float:
+def judge_accuracy(path: str, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256, device="cpu") -> float:
     """Accuracy of a transformers image classifier on the samples (the peer's evaluator: AutoImageProcessor +
     AutoModelForImageClassification on the uint8 images)."""
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     from .adapters import _load
 
-    processor, model = _load(AutoImageProcessor, path), _load(AutoModelForImageClassification, path).eval()
+    processor, model = _load(AutoImageProcessor, path), _load(AutoModelForImageClassification, path).to(device).eval()
     pixels, predicted = _to_uint8(images), []
     with torch.no_grad():
         for start in range(0, len(pixels), batch_size):
             inputs = processor(images=list(pixels[start:start + batch_size]), return_tensors="pt")
-            predicted.append(model(**inputs).logits.argmax(-1))
+            predicted.append(model(**{k: v.to(device) for k, v in inputs.items()}).logits.argmax(-1).cpu())
     return float((torch.cat(predicted) == labels.cpu()).double().mean())
 
 
@@ -341,7 +344,7 @@ def class_metrics(problem: ClassGuidance, samples: torch.Tensor) -> dict[str, fl
     values = {"guide_accuracy": float((predicted == problem.labels).double().mean())}
     task = problem.task
     if task["judge"]:
-        values["judge_accuracy"] = judge_accuracy(task["judge"], samples, problem.labels)
+        values["judge_accuracy"] = judge_accuracy(task["judge"], samples, problem.labels, device=device)
     if task["fid_reference"]:
         from .runner import load_reference_images
 
