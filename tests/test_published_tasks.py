@@ -405,3 +405,31 @@ def test_the_adam_dps_config_is_adam_guidance_loop_on_a_unet(tiny):
             model = guided(denoiser, loss, rule="adam", lr=0.03, lr_schedule="adam_dps", sigmas=sigmas, eta=1.0, **hp)
             ours = optsample.sample("ddim", model, x_vp * (1 + sigmas[0] ** 2).sqrt(), sigmas, seeds=seeds, eta=1.0)
             assert (float((ours - theirs).abs().max()) <= 1e-9) == close
+
+
+def test_the_dps2022_config_is_dps2022s_loop_on_a_unet(tiny):
+    """What published_dps2022_cats runs (ddim eta 1 on the leading discrete schedule, guided sgd with lr_schedule
+    dps) == optsample.guidance.published.dps (DPS2022's DDPM loop, fixed_small variance: tested against their
+    code) on a tiny float64 UNet, 10 respaced steps, scale 0.3, sigma_y 0.05 measurement: <= 1e-9."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    from optsample.guidance.published import dps
+    from optsample.integrations.diffusers.adapters import unet_denoiser
+
+    unet = UNet2DModel.from_pretrained(tiny["model"], subfolder="unet").double().eval()
+    ddpm = DDPMScheduler.from_pretrained(tiny["model"], subfolder="scheduler")
+    generator = torch.Generator().manual_seed(4)
+    truth = torch.rand(2, 3, 32, 32, generator=generator, dtype=torch.float64) * 2 - 1
+    operator = operators.GaussianBlur(3.0, 61, truncate=4.0, padding="reflect")
+    loss = MeasurementLoss(operator, operator(truth.float()).double() + 0.05 * torch.randn(2, 3, 32, 32, generator=generator,
+                                                                                            dtype=torch.float64), 0.05)
+    seeds = [3, 4]
+    x_vp = optsample.initial_noise(seeds, (3, 32, 32), dtype=torch.float64)
+    denoiser = unet_denoiser(unet, ddpm)
+    sigmas = schedules.discrete(denoiser.alphas_cumprod, 10, spacing="leading")
+    timesteps = schedules.discrete_timesteps(1000, 10, "leading").long().tolist()
+    theirs = dps(lambda x, t: unet(x, t).sample, x_vp, loss, ddpm.alphas_cumprod.double(), timesteps, scale=0.3, seeds=seeds)
+    model = guided(denoiser, loss, rule="sgd", lr=0.3, lr_schedule="dps", sigmas=sigmas, eta=1.0)
+    with torch.no_grad():
+        ours = optsample.sample("ddim", model, x_vp * (1 + sigmas[0] ** 2).sqrt(), sigmas, seeds=seeds, eta=1.0)
+    assert float((ours - theirs).abs().max()) <= 1e-9
