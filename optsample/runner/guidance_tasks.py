@@ -11,7 +11,9 @@ shipped model's unconditional branch (:mod:`optsample.zoo.digits.inverse`): ``di
 ``digits_inpaint90``, ``digits_box``, ``digits_sr2``, ``digits_sr4``, ``digits_blur`` (``task.sigma_y``
 0.05 by default; 0 too), whose logger picture is measurement | reconstruction | truth per sample; and
 ``digits_class``, class guidance with a guide and a separate judge classifier
-(:mod:`optsample.zoo.digits.class_guidance`). With a task, the ``model`` group is not used. Per-step guidance schedules (``dps``, ``adam_dps``, ``mpgd``) get the run's sigmas and the sampler's
+(:mod:`optsample.zoo.digits.class_guidance`); the published image tasks ``cat_sr4``, ``cat_sr16``, ``cat_deblur``,
+``cat_inpaint90``, ``cifar10_class`` (:mod:`optsample.integrations.diffusers.inverse_tasks`, a task family,
+``register_family``). With a task, the ``model`` group is not used. Per-step guidance schedules (``dps``, ``adam_dps``, ``mpgd``) get the run's sigmas and the sampler's
 ``eta`` (0 for samplers without one: the Euler / DDIM step).
 """
 
@@ -26,6 +28,7 @@ import torch
 
 from ..guidance import LR_SCHEDULES, GMMInverse, LikelihoodScore, MeasurementLoss, guided
 from ..guidance import rules as guidance_rules
+from ..integrations.diffusers import inverse_tasks
 
 RULE_HPARAMS = ("beta", "beta1", "beta2", "eps", "by")
 
@@ -124,6 +127,19 @@ TASKS = {"none": TaskConfig, "gmm_inverse": GMMInverseTaskConfig, "digits_class"
          **{name: functools.partial(DigitsInverseTaskConfig, **kw) for name, kw in DIGITS_INVERSE.items()}}
 DIGITS_MODEL = {"name": "digits", "guidance": 0.0, "checkpoint": None}  # the unconditional (null-class) branch
 
+# Task families in other modules: each has TASKS (name -> config) and check(task), model_config(task),
+# prepare(cfg, task, built, guide, guidance) -> (BuiltModel, problem), metrics(problem, samples), log_images(problem, images).
+FAMILIES: dict = {}
+
+
+def register_family(family) -> None:
+    """Add a family's tasks to the task= group (one line per family below)."""
+    TASKS.update(family.TASKS)
+    FAMILIES.update(dict.fromkeys(family.TASKS, family))
+
+
+register_family(inverse_tasks)  # cat_sr4 / cat_sr16 / cat_deblur / cat_inpaint90 / cifar10_class (users' GPUs)
+
 
 def register_configs(cs) -> None:
     """Store the guidance and task options in Hydra's ConfigStore."""
@@ -152,6 +168,9 @@ def is_digits(task: dict) -> bool:
 
 def model_config(cfg: dict) -> dict:
     """The model the run builds: the task's own for the digits tasks (its schedule range too), else cfg.model."""
+    task = _section(cfg, "task")
+    if task["name"] in FAMILIES:
+        return FAMILIES[task["name"]].model_config(task)
     return DIGITS_MODEL if is_digits(_section(cfg, "task")) else cfg["model"]
 
 
@@ -176,6 +195,8 @@ def check(cfg: dict) -> None:
     task, gcfg = _section(cfg, "task"), _section(cfg, "guidance")
     if task["name"] not in TASKS:
         raise ValueError(f"task {task['name']!r} is not one of {sorted(TASKS)}")
+    if task["name"] in FAMILIES:
+        FAMILIES[task["name"]].check(task)
     if is_digits(task) and task["name"] != "digits_class":
         if not task["sigma_y"] >= 0:
             raise ValueError(f"task.sigma_y must be >= 0, got {task['sigma_y']}")
@@ -231,6 +252,8 @@ def prepare(cfg: dict, built, sigmas: torch.Tensor, hparams: dict):
     task = _section(cfg, "task")
     if task["name"] == "none":
         return built, None
+    if task["name"] in FAMILIES:
+        return _prepare_family(FAMILIES[task["name"]], cfg, task, built, sigmas, hparams)
     if is_digits(task):
         return _prepare_digits(cfg, task, built, sigmas, hparams)
     problem = _gmm_problem(task["dim"], task["dim_y"], task["problem_seed"], task["sigma_y"])
@@ -249,6 +272,13 @@ def _guided(model, objective, gcfg: dict, sigmas, hparams: dict):
     return guided(model, objective, rule=gcfg["rule"], lr=gcfg["lr"], lr_schedule=gcfg["lr_schedule"],
                   lr_end=gcfg["lr_end"], sigma_max=float(sigmas[0]), sigma_min=float(sigmas[-2]),
                   sigmas=sigmas, eta=float(hparams.get("eta", 0.0)), **_rule_hparams(gcfg))
+
+
+def _prepare_family(family, cfg: dict, task: dict, built, sigmas, hparams):
+    gcfg = _section(cfg, "guidance")
+    guide = None if gcfg["name"] == "none" else functools.partial(_guided, gcfg=gcfg, sigmas=sigmas, hparams=hparams)
+    model, problem = family.prepare(cfg, task, built, guide, gcfg)
+    return model, PreparedTask(problem, task)
 
 
 def _sample_index(indices: list) -> dict:
@@ -291,6 +321,8 @@ def _prepare_digits_class(cfg: dict, task: dict, built, sigmas, hparams):
 
 def log_images(prepared: PreparedTask | None, images: torch.Tensor) -> torch.Tensor:
     """What the logger shows: for the digits inverse tasks measurement | reconstruction | truth per sample."""
+    if prepared is not None and prepared.cfg["name"] in FAMILIES:
+        return FAMILIES[prepared.cfg["name"]].log_images(prepared.problem, images)
     if prepared is None or not is_digits(prepared.cfg) or prepared.cfg["name"] == "digits_class":
         return images
     from ..zoo.digits import inverse
@@ -303,6 +335,8 @@ def task_metrics(prepared: PreparedTask | None, samples: torch.Tensor) -> dict[s
     error, component-weight TV, 90 % credible-interval coverage, DPS-gradient cosine per sigma."""
     if prepared is None:
         return {}
+    if prepared.cfg["name"] in FAMILIES:
+        return FAMILIES[prepared.cfg["name"]].metrics(prepared.problem, samples)
     if prepared.cfg["name"] == "digits_class":
         from ..zoo.digits import class_guidance
 
