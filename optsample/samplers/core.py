@@ -205,6 +205,8 @@ def sigma_values(sigmas: torch.Tensor) -> list:
 
 def _scalar_fn(math_fn: Callable, torch_fn: Callable) -> Callable:
     def apply(value):
+        if type(value) is float:  # the ordinary path first: isinstance(x, torch.Tensor) costs ~0.3 us (torch's metaclass)
+            return math_fn(value)
         return torch_fn(value) if isinstance(value, torch.Tensor) else math_fn(value)
 
     apply.__name__ = math_fn.__name__
