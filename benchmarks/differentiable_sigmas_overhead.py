@@ -8,7 +8,8 @@ machine hits both alike. A worker times ``optsample.sample`` (plain float sigmas
 dpmpp_2m, restart and dpmpp_sde at 20 Karras steps on two models: ``gmm64`` (the exact denoiser of a 64-D,
 8-component Gaussian mixture, batch 64, float32) and ``zero`` (a model returning zeros: the loop's own cost,
 the worst case for any per-step overhead). Printed: the best milliseconds per sample() call and new / old
-(and the ratio of medians), then the per-call microseconds of the pieces the change touched.
+(and the ratio of medians), the per-call microseconds of the pieces the change touched, and the Python / C
+function calls one 20-step sample() makes (zero model), a measure of the loop's overhead that load does not move.
 The numbers themselves (outputs) are compared too: every run must be bitwise the same as the old tree's.
 """
 
@@ -50,6 +51,16 @@ for model_name, model in models.items():
             optsample.sample(name, model, x, sigmas, seeds=range(64))
             times.append(time.perf_counter() - start)
         out[f"{model_name}/{name}"] = [min(times), digest]
+# python function calls (and C calls) per sample(): the per-step overhead in a unit load does not move
+for name in sys.argv[3:]:
+    counts = [0, 0]
+    def count(frame, event, arg):
+        if event in ("call", "c_call"):
+            counts[event == "c_call"] += 1
+    sys.setprofile(count)
+    optsample.sample(name, models["zero"], x, sigmas, seeds=range(64))
+    sys.setprofile(None)
+    out[f"calls/{name} (py, C)"] = [counts, "-"]
 # the pieces the change touched, per call (microseconds): best of 5 rounds of 20000 calls
 from optsample.samplers import core
 values = sigmas.tolist()
@@ -96,6 +107,10 @@ def main() -> None:
           "moves medians by 2x, the best less); the last rows are per-call costs of the changed pieces, in us")
     print(f"{'model/sampler':<24}{'old ms':>9}{'new ms':>9}{'new/old':>9}{'(median)':>10}  outputs")
     for key in runs["old"][0]:
+        if key.startswith("calls/"):
+            old_calls, new_calls = runs["old"][0][key][0], runs["new"][0][key][0]
+            print(f"{key:<30} {old_calls[0]} + {old_calls[1]} -> {new_calls[0]} + {new_calls[1]}")
+            continue
         best = [min(r[key][0] for r in runs[side]) * 1e3 for side in ("old", "new")]
         median = [statistics.median(r[key][0] for r in runs[side]) * 1e3 for side in ("old", "new")]
         same = {r[key][1] for r in runs["old"] + runs["new"]}
