@@ -11,7 +11,9 @@ shipped model's unconditional branch (:mod:`optsample.zoo.digits.inverse`): ``di
 ``digits_inpaint90``, ``digits_box``, ``digits_sr2``, ``digits_sr4``, ``digits_blur`` (``task.sigma_y``
 0.05 by default; 0 too), whose logger picture is measurement | reconstruction | truth per sample; and
 ``digits_class``, class guidance with a guide and a separate judge classifier
-(:mod:`optsample.zoo.digits.class_guidance`). With a task, the ``model`` group is not used. Per-step guidance schedules (``dps``, ``adam_dps``, ``mpgd``) get the run's sigmas and the sampler's
+(:mod:`optsample.zoo.digits.class_guidance`); ``sd_colour``, the fast.ai deep dive's colour loss on Stable
+Diffusion's decoded estimate (:mod:`optsample.integrations.diffusers.guidance_task`; it uses the ``model``
+group: ``model=sd15``). With the other tasks, the ``model`` group is not used. Per-step guidance schedules (``dps``, ``adam_dps``, ``mpgd``) get the run's sigmas and the sampler's
 ``eta`` (0 for samplers without one: the Euler / DDIM step).
 """
 
@@ -26,6 +28,7 @@ import torch
 
 from ..guidance import LR_SCHEDULES, GMMInverse, LikelihoodScore, MeasurementLoss, guided
 from ..guidance import rules as guidance_rules
+from ..integrations.diffusers import guidance_task as sd_guidance
 
 RULE_HPARAMS = ("beta", "beta1", "beta2", "eps", "by")
 
@@ -67,6 +70,7 @@ GUIDANCE_PRESETS = {
     "sign": _preset("sign", rule="sign", lr=0.03, lr_schedule="adam_dps"),
     "lion": _preset("lion", rule="lion", lr=0.03, lr_schedule="adam_dps", beta1=0.5, beta2=0.5),
     "normalised": _preset("normalised", rule="normalised", lr=0.3, lr_schedule="dps", by="rms"),
+    "fastai": _preset("fastai", lr=40.0, lr_schedule="fastai", through="x0"),  # the deep dive's 200 on every 5th step
 }
 
 
@@ -122,6 +126,11 @@ class DigitsClassTaskConfig(TaskConfig):
 
 TASKS = {"none": TaskConfig, "gmm_inverse": GMMInverseTaskConfig, "digits_class": DigitsClassTaskConfig,
          **{name: functools.partial(DigitsInverseTaskConfig, **kw) for name, kw in DIGITS_INVERSE.items()}}
+# Tasks defined in their own modules: name -> a module with the task's config dataclass in TASKS, check(cfg, task),
+# prepare(cfg, task, built, make_guided) -> (BuiltModel, problem), metrics(problem, samples) -> dict and
+# picture(problem, images) -> (images, caption). One line each registers them:
+MODULE_TASKS = {name: sd_guidance for name in sd_guidance.TASKS}
+TASKS.update({name: module.TASKS[name] for name, module in MODULE_TASKS.items()})
 DIGITS_MODEL = {"name": "digits", "guidance": 0.0, "checkpoint": None}  # the unconditional (null-class) branch
 
 
@@ -176,6 +185,8 @@ def check(cfg: dict) -> None:
     task, gcfg = _section(cfg, "task"), _section(cfg, "guidance")
     if task["name"] not in TASKS:
         raise ValueError(f"task {task['name']!r} is not one of {sorted(TASKS)}")
+    if task["name"] in MODULE_TASKS:
+        MODULE_TASKS[task["name"]].check(cfg, task)
     if is_digits(task) and task["name"] != "digits_class":
         if not task["sigma_y"] >= 0:
             raise ValueError(f"task.sigma_y must be >= 0, got {task['sigma_y']}")
@@ -233,6 +244,11 @@ def prepare(cfg: dict, built, sigmas: torch.Tensor, hparams: dict):
         return built, None
     if is_digits(task):
         return _prepare_digits(cfg, task, built, sigmas, hparams)
+    if task["name"] in MODULE_TASKS:
+        gcfg = _section(cfg, "guidance")
+        make_guided = functools.partial(_guided, gcfg=gcfg, sigmas=sigmas, hparams=hparams)
+        built, problem = MODULE_TASKS[task["name"]].prepare(cfg, task, built, make_guided)
+        return built, PreparedTask(problem, task)
     problem = _gmm_problem(task["dim"], task["dim_y"], task["problem_seed"], task["sigma_y"])
     model = problem.prior
     gcfg = _section(cfg, "guidance")
@@ -291,11 +307,22 @@ def _prepare_digits_class(cfg: dict, task: dict, built, sigmas, hparams):
 
 def log_images(prepared: PreparedTask | None, images: torch.Tensor) -> torch.Tensor:
     """What the logger shows: for the digits inverse tasks measurement | reconstruction | truth per sample."""
-    if prepared is None or not is_digits(prepared.cfg) or prepared.cfg["name"] == "digits_class":
-        return images
+    return log_picture(prepared, images)[0]
+
+
+def log_picture(prepared: PreparedTask | None, images: torch.Tensor) -> tuple[torch.Tensor, str | None]:
+    """(what the logger shows, its caption naming the columns), e.g. for the digits inverse tasks measurement |
+    reconstruction | truth per sample; no caption without a task."""
+    if prepared is None:
+        return images, None
+    if prepared.cfg["name"] in MODULE_TASKS:
+        return MODULE_TASKS[prepared.cfg["name"]].picture(prepared.problem, images)
+    if not is_digits(prepared.cfg) or prepared.cfg["name"] == "digits_class":
+        return images, f"samples (task {prepared.cfg['name']})"
     from ..zoo.digits import inverse
 
-    return inverse.side_by_side(prepared.problem, images)
+    return inverse.side_by_side(prepared.problem, images), (
+        f"each sample: measurement | reconstruction | truth (task {prepared.cfg['name']})")
 
 
 def task_metrics(prepared: PreparedTask | None, samples: torch.Tensor) -> dict[str, float]:
@@ -303,6 +330,8 @@ def task_metrics(prepared: PreparedTask | None, samples: torch.Tensor) -> dict[s
     error, component-weight TV, 90 % credible-interval coverage, DPS-gradient cosine per sigma."""
     if prepared is None:
         return {}
+    if prepared.cfg["name"] in MODULE_TASKS:
+        return MODULE_TASKS[prepared.cfg["name"]].metrics(prepared.problem, samples)
     if prepared.cfg["name"] == "digits_class":
         from ..zoo.digits import class_guidance
 
