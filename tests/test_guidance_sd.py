@@ -193,14 +193,14 @@ def saved_sd(tmp_path, pipe, monkeypatch):
 
 
 def sd_run_args(folder, *extra):
-    return ("model=sd", f"model.path={folder / 'tiny_sd'}", f"model.prompts={folder / 'prompts.txt'}",
-            f"model.clip_model={folder / 'clip'}", "model.guidance_scale=2.0", "task=sd_colour", "sampler=euler",
+    return ("task=sd_colour", f"task.path={folder / 'tiny_sd'}", f"task.prompts={folder / 'prompts.txt'}",
+            f"task.clip_model={folder / 'clip'}", "task.guidance_scale=2.0", "sampler=euler",
             "schedule=discrete", "steps=4", "n_samples=4", "batch_size=2", "metric=none", "metric.names=[clip_score]",
             "progress=false", "device=cpu", "results_dir=runs", *extra)
 
 
 def test_runner_sd_colour_task_end_to_end(saved_sd):
-    """optsample-run model=sd task=sd_colour guidance=fastai (sgd through x0, lr 2000): the row's colour_loss equals
+    """optsample-run task=sd_colour task.path=<saved tiny pipeline> guidance=fastai (sgd through x0, lr 2000): the row's colour_loss equals
     the library composed by hand (guided euler, decode, blue_loss mean) to 1e-5, is below the guidance=none row's
     by at least 0.02, and the CLIP score (a tiny CLIP) is in the row too."""
     from optsample.runner import results
@@ -228,20 +228,16 @@ def test_runner_sd_colour_task_end_to_end(saved_sd):
 
 
 def test_runner_sd_colour_bad_input(saved_sd, capsys):
-    """task=sd_colour on a model without a VAE decoder, and out-of-range task options: one-line errors, no row."""
-    from optsample.runner import guidance_tasks
-
-    assert cli("model=gmm2d", "task=sd_colour", "guidance=fastai", "steps=2", "n_samples=2", "metric=none",
-               "logger=none", "progress=false", "results_dir=runs") != 0
-    err = capsys.readouterr().err
-    assert "task=sd_colour needs a latent model with a VAE decoder (model=sd15, sd14 or sd), got model=gmm2d" in err
-    for task, message in (({"channel": 3, "target": 0.9}, "task.channel must be 0, 1 or 2"),
-                          ({"channel": 2, "target": 1.5}, r"task.target must be in \[0, 1\]")):
-        with pytest.raises(ValueError, match=message):
-            guidance_tasks.check({"task": {"name": "sd_colour", **task}, "model": {"name": "sd15"}, "guidance": {"name": "none"}})
-    built = types.SimpleNamespace(denoiser=lambda x, sigma: x)  # a model built without a decoder: refused too
+    """Out-of-range task options: one-line errors before any work, no row; a built model without a VAE decoder
+    is refused by the task too."""
+    for option, message in (("task.channel=3", "task.channel must be 0, 1 or 2 (red, green, blue), got 3"),
+                            ("task.target=1.5", "task.target must be in [0, 1] (image units), got 1.5")):
+        assert cli(*sd_run_args(saved_sd, "guidance=fastai", "logger=none", option)) != 0
+        assert f"guidance/task: {message}" in capsys.readouterr().err
+    assert not (saved_sd / "runs").exists()
+    built = types.SimpleNamespace(denoiser=lambda x, sigma: x)
     with pytest.raises(ValueError, match="task=sd_colour needs a latent model with a VAE decoder"):
-        sd_guidance.prepare({"model": {"name": "mine"}}, {"name": "sd_colour"}, built, None)
+        sd_guidance.prepare({}, {"name": "sd_colour"}, built, None, {"through": "x0"})
 
 
 # ----------------------------------------------------------------------------- the W&B picture and caption
@@ -308,3 +304,37 @@ def test_wandb_logs_the_sd_samples_with_a_caption(saved_sd, fake_wandb):
     assert payload["samples"].caption == "decoded samples (task sd_colour: blue towards 0.9)"
     assert payload["samples"].data.shape == (2 * 18 + 2, 2 * 18 + 2, 3)  # 4 decoded 16 x 16 samples, 2 x 2
     assert "metric/colour_loss" in payload
+
+
+def test_csv_logger_writes_the_caption_beside_the_picture(tmp_path):
+    from optsample.runner import loggers
+
+    logger = loggers.make_logger({"kind": "csv"}, project="p", group="g", name="n", run_dir=str(tmp_path))
+    logger.log_run({"a": 1}, {"psnr": 20.0}, torch.zeros(2, 1, 8, 26), None, caption="measurement | reconstruction | truth")
+    assert (tmp_path / "samples.txt").read_text() == "measurement | reconstruction | truth\n"
+    assert (tmp_path / "samples.png").exists()
+
+
+def test_sd_colour_experiment_composes_at_its_settings():
+    """conf/experiment/sd_colour_guidance.yaml: SD 1.5, CFG 8, Euler on the discrete schedule, the sweep over
+    none / sgd / momentum / adam at 20 and 50 steps; each of its runs plans (one-line checks pass)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from optsample.runner import app, config
+
+    config.register_configs()
+    with initialize_config_dir(config_dir=app.config_path(), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["experiment=sd_colour_guidance"], return_hydra_config=True)
+    sweep = cfg.hydra.sweeper.params
+    assert sweep["guidance"] == "none,fastai,fastai_momentum,fastai_adam" and sweep["steps"] == "20,50"
+    for guidance in sweep["guidance"].split(","):
+        with initialize_config_dir(config_dir=app.config_path(), version_base="1.3"):
+            run = compose(config_name="config", overrides=["experiment=sd_colour_guidance", f"guidance={guidance}",
+                                                           "steps=20", "device=cpu"])
+        run = OmegaConf.to_container(run, resolve=True, throw_on_missing=True)
+        assert run["task"]["path"] == "stable-diffusion-v1-5/stable-diffusion-v1-5" and run["task"]["guidance_scale"] == 8
+        assert (run["sampler"]["name"], run["schedule"]["name"], run["metric"]["names"]) == ("euler", "discrete", ["clip_score"])
+        assert run["guidance"]["rule"] == {"none": "sgd", "fastai": "sgd", "fastai_momentum": "momentum",
+                                           "fastai_adam": "adam"}[guidance]
+        app.plan_run(run)

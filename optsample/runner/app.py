@@ -533,8 +533,8 @@ def execute(cfg: dict, *, job_num: int = 0, run_dir: str | None = None) -> dict:
     row["world_size"] = here.size
     t_log = time.perf_counter()
     log_density = getattr(built.denoiser, "log_prob", None) if part.trajectory else None
-    picture, caption = guidance_tasks.log_picture(task, part.samples) if part.samples is not None else (None, None)
-    log_run(plan, metric_values, picture, part.trajectory, run_dir or str(plan.results_dir), log_density, caption)
+    log_run(plan, metric_values, guidance_tasks.log_images(task, part.samples), part.trajectory,
+            run_dir or str(plan.results_dir), log_density, guidance_tasks.log_caption(task))
     total_s = time.perf_counter() - t_begin
     row.update({
         "time.build_s": build_s, "time.sample_s": part.sample_s, "time.score_s": score_s,

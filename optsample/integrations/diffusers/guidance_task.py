@@ -1,15 +1,15 @@
-"""Stable Diffusion loss guidance as a runner task, ``task=sd_colour`` (registered in optsample.runner.guidance_tasks).
+"""Stable Diffusion loss guidance as a runner task family, ``task=sd_colour`` (optsample.runner.guidance_tasks).
 
-    optsample-run -m model=sd15 task=sd_colour guidance=fastai guidance.rule=sgd,adam,momentum \\
-        sampler=euler schedule=discrete steps=50 metric=text2image n_samples=16 batch_size=2 device=cuda
+    optsample-run -m task=sd_colour guidance=fastai guidance.rule=sgd,adam,momentum sampler=euler \
+        schedule=discrete steps=50 n_samples=16 batch_size=2 device=cuda metric=none metric.names=[clip_score]
 
-The ``model`` group gives the pipeline and its text conditioning (``model=sd15`` / ``sd14``, or ``model=sd
-model.path=<dir>``: prompts, classifier-free guidance scale, CLIP model for the CLIP score); the task adds the
-fast.ai Stable Diffusion deep dive's colour loss on the decoded estimate, :class:`~optsample.guidance.DecodedLoss`
-of :func:`~optsample.guidance.objectives.colour_loss` through the VAE decoder
-(:meth:`~.adapters.StableDiffusionDenoiser.vae_decode`), and ``guidance=`` wraps the CFG'd denoiser with any
-rule. Row metric: ``colour_loss``, the mean colour loss of the decoded samples (the metric group's CLIP score /
-FID as usual). The logger's picture: the decoded samples.
+The task names its checkpoint and text conditioning (``task.path``: a Stable Diffusion 1.x hub id downloaded
+beforehand, or a ``save_pretrained`` directory; ``task.prompts``, ``task.guidance_scale``, ...: the ``model=sd``
+options, :class:`~.runner.StableDiffusionConfig`) and adds the fast.ai Stable Diffusion deep dive's colour loss on
+the decoded estimate: :class:`~optsample.guidance.DecodedLoss` of :func:`~optsample.guidance.objectives.colour_loss`
+through the VAE decoder (:meth:`~.adapters.StableDiffusionDenoiser.vae_decode`); ``guidance=`` wraps the CFG'd
+denoiser with any rule. Row metric: ``colour_loss``, the mean colour loss of the decoded samples (and the metric
+group's CLIP score / FID against the task's prompts / reference). The logger's picture: the decoded samples.
 """
 
 from __future__ import annotations
@@ -17,42 +17,48 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 from ...guidance import DecodedLoss
 from ...guidance.objectives import colour_loss
+from ...metrics.registry import DEFAULT_CLIP_MODEL
 
 CHANNELS = ("red", "green", "blue")
+SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
 @dataclass
 class SDColourTaskConfig:
-    """Pull channel ``channel`` of the decoded image towards ``target`` (image in [0, 1]; the deep dive: blue, 0.9)."""
+    """Pull channel ``channel`` of the decoded image towards ``target`` (image in [0, 1]; the deep dive: blue, 0.9)
+    on the Stable Diffusion checkpoint ``path`` (the other fields: as ``model=sd``'s)."""
 
     name: str = "sd_colour"
     channel: int = 2
     target: float = 0.9
+    path: str = SD15
+    prompts: str = "builtin"  # builtin | COCO captions .json | .txt, one prompt per line
+    negative_prompt: str = ""
+    guidance_scale: float = 7.5  # classifier-free guidance (the deep dive: 8)
+    height: Optional[int] = None  # None: 512 for SD 1.x
+    width: Optional[int] = None
+    clip_model: str = DEFAULT_CLIP_MODEL
+    reference: Optional[str] = None  # reference images for FID / KID (metric.names=[fid])
 
 
-def check(cfg: dict, task: dict) -> None:
-    """The model is a Stable Diffusion one (registered with a StableDiffusionConfig: it has a VAE decoder);
-    task.channel and task.target in range (ValueError naming the key)."""
-    from ...models.registry import MODELS
-    from .runner import StableDiffusionConfig
-
-    entry = MODELS.get(cfg["model"]["name"])
-    if entry is None or not isinstance(entry.config, StableDiffusionConfig):
-        raise ValueError(_needs_latent_model(task, cfg))
+def check(task: dict) -> None:
+    """task.channel and task.target in range (ValueError naming the key)."""
     if task["channel"] not in range(len(CHANNELS)):
         raise ValueError(f"task.channel must be 0, 1 or 2 (red, green, blue), got {task['channel']}")
     if not 0 <= task["target"] <= 1:
         raise ValueError(f"task.target must be in [0, 1] (image units), got {task['target']}")
 
 
-def _needs_latent_model(task: dict, cfg: dict) -> str:
-    return (f"task={task['name']} needs a latent model with a VAE decoder (model=sd15, sd14 or sd), "
-            f"got model={cfg['model']['name']}")
+def model_config(task: dict) -> dict:
+    """The runner's model section: ``model=sd`` at the task's checkpoint and conditioning."""
+    fields = ("path", "prompts", "negative_prompt", "guidance_scale", "height", "width", "clip_model", "reference")
+    return {"name": "sd", "guidance_rescale": 0.0, "feature_net": "inception", **{k: task[k] for k in fields}}
 
 
 def image_loss(task: dict):
@@ -60,15 +66,16 @@ def image_loss(task: dict):
     return functools.partial(colour_loss, channel=int(task["channel"]), target=float(task["target"]))
 
 
-def prepare(cfg: dict, task: dict, built, make_guided):
-    """(the model to sample, the task's problem). ``make_guided(model, objective)``: the runner's ``guidance=``."""
+def prepare(cfg: dict, task: dict, built, guide, guidance: dict):
+    """(the model to sample, the task's problem). ``guide(model, objective)``: the run's ``guidance=`` (None:
+    unguided); ``guidance``: its section (``through``)."""
     decoder = getattr(built.denoiser, "vae_decode", None)
     if decoder is None:
-        raise ValueError(_needs_latent_model(task, cfg))
-    guidance = cfg.get("guidance") or {"name": "none"}
-    model = built.denoiser
-    if guidance["name"] != "none":
-        model = make_guided(model, DecodedLoss(decoder, image_loss(task), through=guidance["through"]))
+        raise ValueError(f"task={task['name']} needs a latent model with a VAE decoder (vae_decode), got "
+                         f"{type(built.denoiser).__name__}")
+    if guide is None:
+        return built, task
+    model = guide(built.denoiser, DecodedLoss(decoder, image_loss(task), through=guidance["through"]))
     return dataclasses.replace(built, denoiser=model), task
 
 
@@ -79,9 +86,13 @@ def metrics(task: dict, images: torch.Tensor) -> dict[str, float]:
     return {"colour_loss": float(values.mean())}
 
 
-def picture(task: dict, images: torch.Tensor) -> tuple[torch.Tensor, str]:
-    """(what the logger shows, its caption): the decoded samples."""
-    return images, f"decoded samples (task {task['name']}: {CHANNELS[int(task['channel'])]} towards {float(task['target']):g})"
+def log_images(task: dict, images: torch.Tensor) -> torch.Tensor:
+    """The logger's picture: the decoded samples."""
+    return images
+
+
+def caption(task: dict) -> str:
+    return f"decoded samples (task {task['name']}: {CHANNELS[int(task['channel'])]} towards {float(task['target']):g})"
 
 
 TASKS = {"sd_colour": SDColourTaskConfig}
