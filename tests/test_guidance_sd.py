@@ -338,3 +338,17 @@ def test_sd_colour_experiment_composes_at_its_settings():
         assert run["guidance"]["rule"] == {"none": "sgd", "fastai": "sgd", "fastai_momentum": "momentum",
                                            "fastai_adam": "adam"}[guidance]
         app.plan_run(run)
+
+
+def test_offline_wandb_run_keeps_the_caption(tmp_path):
+    """The real W&B (offline): the samples image's record carries the caption (wandb.Image's ``caption``)."""
+    from optsample.runner import loggers
+
+    from test_loggers import history, offline_run, run_records
+
+    caption = "each sample: measurement | reconstruction | truth (task digits_sr2)"
+    logger = loggers.make_logger({"kind": "wandb"}, project="p", group="g", name="cap", run_dir=str(tmp_path))
+    logger.log_run({"a": 1}, {"psnr": 20.0}, torch.zeros(4, 1, 8, 26), None, caption=caption)
+    logger.finish()
+    (logged,) = history(run_records(offline_run(tmp_path)))
+    assert logged["samples/caption"] == caption

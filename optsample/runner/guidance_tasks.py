@@ -70,7 +70,7 @@ GUIDANCE_PRESETS = {
     "lion": _preset("lion", rule="lion", lr=0.03, lr_schedule="adam_dps", beta1=0.5, beta2=0.5),
     "normalised": _preset("normalised", rule="normalised", lr=0.3, lr_schedule="dps", by="rms"),
     # The fast.ai deep dive's loss guidance (its 200 on every 5th step ~ 40 on every step), and rules on its gradient;
-    # adam's lr: the sgd step's size for an SD 1.5 colour-loss gradient of ~7e-4 per latent element (untuned).
+    # adam's direction is ~1 per element (m / sqrt(v)), not |g|: its lr is a guess, not tuned here (no GPU, no weights).
     "fastai": _preset("fastai", lr=40.0, lr_schedule="fastai", through="x0"),
     "fastai_momentum": _preset("fastai_momentum", rule="momentum", lr=40.0, lr_schedule="fastai", through="x0", beta=0.5),
     "fastai_adam": _preset("fastai_adam", rule="adam", lr=0.03, lr_schedule="fastai", through="x0", beta1=0.9, beta2=0.99),

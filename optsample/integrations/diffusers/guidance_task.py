@@ -1,7 +1,7 @@
 """Stable Diffusion loss guidance as a runner task family, ``task=sd_colour`` (optsample.runner.guidance_tasks).
 
-    optsample-run -m task=sd_colour guidance=fastai guidance.rule=sgd,adam,momentum sampler=euler \
-        schedule=discrete steps=50 n_samples=16 batch_size=2 device=cuda metric=none metric.names=[clip_score]
+    optsample-run -m task=sd_colour guidance=none,fastai,fastai_momentum,fastai_adam sampler=euler \
+        schedule=discrete steps=50 n_samples=16 batch_size=2 metric=none metric.names=[clip_score]
 
 The task names its checkpoint and text conditioning (``task.path``: a Stable Diffusion 1.x hub id downloaded
 beforehand, or a ``save_pretrained`` directory; ``task.prompts``, ``task.guidance_scale``, ...: the ``model=sd``
