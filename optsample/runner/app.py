@@ -452,9 +452,11 @@ def _warn(what: str, err: Exception) -> None:
     warnings.warn(message, RuntimeWarning, stacklevel=2)
 
 
-def log_run(plan: RunPlan, metric_values: dict, samples, trajectory, run_dir: str, log_density=None) -> None:
+def log_run(plan: RunPlan, metric_values: dict, samples, trajectory, run_dir: str, log_density=None,
+            caption: str | None = None) -> None:
     """Hand the run to the configured logger (optsample.runner.loggers); a failing logger only warns.
-    ``log_density`` (the clean log-density of an analytic model) draws contours under the trajectories."""
+    ``log_density`` (the clean log-density of an analytic model) draws contours under the trajectories;
+    ``caption`` says what the samples' picture shows (a task's column order)."""
     logger_cfg = plan.cfg["logger"]
     if logger_cfg["name"] == "none":
         return
@@ -466,7 +468,8 @@ def log_run(plan: RunPlan, metric_values: dict, samples, trajectory, run_dir: st
             state_dir=_sweep_dir(),
         )
         try:
-            logger.log_run(results.flatten(plan.cfg), metric_values, samples, trajectory, log_density=log_density)
+            logger.log_run(results.flatten(plan.cfg), metric_values, samples, trajectory, log_density=log_density,
+                           caption=caption)
         finally:
             logger.finish()
     except Exception as err:  # noqa: BLE001  (a logger must never lose a finished run)
@@ -531,7 +534,7 @@ def execute(cfg: dict, *, job_num: int = 0, run_dir: str | None = None) -> dict:
     t_log = time.perf_counter()
     log_density = getattr(built.denoiser, "log_prob", None) if part.trajectory else None
     log_run(plan, metric_values, guidance_tasks.log_images(task, part.samples), part.trajectory,
-            run_dir or str(plan.results_dir), log_density)
+            run_dir or str(plan.results_dir), log_density, guidance_tasks.log_caption(task))
     total_s = time.perf_counter() - t_begin
     row.update({
         "time.build_s": build_s, "time.sample_s": part.sample_s, "time.score_s": score_s,

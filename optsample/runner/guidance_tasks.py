@@ -12,8 +12,10 @@ shipped model's unconditional branch (:mod:`optsample.zoo.digits.inverse`): ``di
 0.05 by default; 0 too), whose logger picture is measurement | reconstruction | truth per sample; and
 ``digits_class``, class guidance with a guide and a separate judge classifier
 (:mod:`optsample.zoo.digits.class_guidance`); the published image tasks ``cat_sr4``, ``cat_sr16``, ``cat_deblur``,
-``cat_inpaint90``, ``cifar10_class`` (:mod:`optsample.integrations.diffusers.inverse_tasks`, a task family,
-``register_family``). With a task, the ``model`` group is not used. Per-step guidance schedules (``dps``, ``adam_dps``, ``mpgd``) get the run's sigmas and the sampler's
+``cat_inpaint90``, ``cifar10_class`` (:mod:`optsample.integrations.diffusers.inverse_tasks`) and ``sd_colour``, the
+fast.ai deep dive's colour loss on Stable Diffusion's decoded estimate (:mod:`optsample.integrations.diffusers.guidance_task`),
+both task families (``register_family``). With a task, the ``model`` group is not used. Per-step guidance schedules
+(``dps``, ``adam_dps``, ``mpgd``) get the run's sigmas and the sampler's
 ``eta`` (0 for samplers without one: the Euler / DDIM step).
 """
 
@@ -29,6 +31,7 @@ import torch
 from ..guidance import LR_SCHEDULES, GMMInverse, LikelihoodScore, MeasurementLoss, guided
 from ..guidance import rules as guidance_rules
 from ..integrations.diffusers import inverse_tasks
+from ..integrations.diffusers import guidance_task as sd_guidance
 
 RULE_HPARAMS = ("beta", "beta1", "beta2", "eps", "by")
 
@@ -70,6 +73,11 @@ GUIDANCE_PRESETS = {
     "sign": _preset("sign", rule="sign", lr=0.03, lr_schedule="adam_dps"),
     "lion": _preset("lion", rule="lion", lr=0.03, lr_schedule="adam_dps", beta1=0.5, beta2=0.5),
     "normalised": _preset("normalised", rule="normalised", lr=0.3, lr_schedule="dps", by="rms"),
+    # The fast.ai deep dive's loss guidance (its 200 on every 5th step ~ 40 on every step), and rules on its gradient;
+    # adam's direction is ~1 per element (m / sqrt(v)), not |g|: its lr is a guess, not tuned here (no GPU, no weights).
+    "fastai": _preset("fastai", lr=40.0, lr_schedule="fastai", through="x0"),
+    "fastai_momentum": _preset("fastai_momentum", rule="momentum", lr=40.0, lr_schedule="fastai", through="x0", beta=0.5),
+    "fastai_adam": _preset("fastai_adam", rule="adam", lr=0.03, lr_schedule="fastai", through="x0", beta1=0.9, beta2=0.99),
 }
 
 
@@ -139,6 +147,7 @@ def register_family(family) -> None:
 
 
 register_family(inverse_tasks)  # cat_sr4 / cat_sr16 / cat_deblur / cat_inpaint90 / cifar10_class (users' GPUs)
+register_family(sd_guidance)  # sd_colour: the fast.ai deep dive's colour loss on Stable Diffusion (users' GPUs)
 
 
 def register_configs(cs) -> None:
@@ -328,6 +337,18 @@ def log_images(prepared: PreparedTask | None, images: torch.Tensor) -> torch.Ten
     from ..zoo.digits import inverse
 
     return inverse.side_by_side(prepared.problem, images)
+
+
+def log_caption(prepared: PreparedTask | None) -> str | None:
+    """What the logger's picture shows, in its column order: a family's ``caption(problem)`` if it has one."""
+    if prepared is None:
+        return None
+    name = prepared.cfg["name"]
+    if name in FAMILIES:
+        return FAMILIES[name].caption(prepared.problem) if hasattr(FAMILIES[name], "caption") else None
+    if is_digits(prepared.cfg) and name != "digits_class":
+        return f"each sample: measurement | reconstruction | truth (task {name})"
+    return f"samples (task {name})"
 
 
 def task_metrics(prepared: PreparedTask | None, samples: torch.Tensor) -> dict[str, float]:
