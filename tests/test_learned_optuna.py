@@ -23,8 +23,8 @@ F64 = torch.float64
 
 def test_optuna_lowers_the_teacher_loss_and_its_file_runs_in_the_runner(tmp_path):
     """optsample-schedule model=gmm2d sampler=dpmpp_2m nfe=4 method=optuna optuna.trials=8 on 16 tuning seeds:
-    the tuned Karras schedule's RMSE to the exact solution on the tuning seeds is <= 0.8 x the default Karras
-    schedule's (measured 0.55 vs 0.90 with 6 trials); the provenance carries the best params, the trial count
+    the tuned Karras schedule's RMSE to the exact solution on the tuning seeds is <= 0.7 x the default Karras
+    schedule's (measured 0.41 vs 0.90, 8 trials); the provenance carries the best params, the trial count
     and the study seed, and the chosen schedule is Karras eq. 5 at those params; optsample-run runs the file's
     sigmas at NFE 4."""
     from optsample.runner import app as R
@@ -33,7 +33,7 @@ def test_optuna_lowers_the_teacher_loss_and_its_file_runs_in_the_runner(tmp_path
                             "optuna.trials=8")
     prov = written.provenance
     assert prov["method"] == "optuna" and prov["steps"] == 4
-    assert prov["loss"]["rmse"] <= 0.8 * prov["loss"]["rmse_karras_default"]
+    assert prov["loss"]["rmse"] <= 0.7 * prov["loss"]["rmse_karras_default"]
     info = prov["info"]
     assert info["trials"] == 8 and info["study_seed"] == 0 and set(info["best_params"]) == {"rho", "sigma_min"}
     assert info["validation_seeds"] == prov["seeds"][12:] and info["train_seeds"] == prov["seeds"][:12]

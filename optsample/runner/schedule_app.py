@@ -59,7 +59,7 @@ class OptunaOptions:
     trials: int = OPTUNA_OPTIONS["trials"]
     seed: int = OPTUNA_OPTIONS["seed"]  # the TPE sampler's seed: the same seed gives the same schedule
     startup_trials: int = OPTUNA_OPTIONS["startup_trials"]  # random trials before TPE (trial 0: default Karras)
-    rho_range: List[float] = field(default_factory=lambda: list(OPTUNA_OPTIONS["rho_range"]))
+    rho_range: List[float] = field(default_factory=lambda: list(OPTUNA_OPTIONS["rho_range"]))  # log-uniform
     sigma_min_range: Optional[List[float]] = None  # log-uniform; None: [sigma_min, 0.5]
     sigma_max_range: Optional[List[float]] = None  # log-uniform, <= sigma_max; None: fixed to sigma_max
     val_fraction: float = OPTUNA_OPTIONS["val_fraction"]  # held out of the trials, reported; 0: none
