@@ -257,3 +257,18 @@ def test_sigma_range_mapping_is_affine_in_log_sigma(tmp_path):
         both = schedules.get("learned", 6, path=saved.path, interpolate=True, sigma_range=[0.002, 14.6])
     other_order = files.interpolate_steps(files.map_sigma_range(saved.sigmas, [0.1, 80.0], [0.002, 14.6]), 6)
     assert torch.allclose(both, other_order, rtol=1e-12, atol=0)  # both maps are affine in log sigma: they commute
+
+
+def test_as_scheduler_interpolates_a_learned_file_too(tmp_path):
+    """as_scheduler(schedule="learned", schedule_kwargs={"path", "interpolate": True}).set_timesteps(6) holds the
+    file's 3 steps interpolated to 6 (files.interpolate_steps), to 1e-12; without interpolate 6 steps is refused."""
+    from optsample.integrations.diffusers.scheduler import as_scheduler
+    from optsample.learned_schedules import files
+
+    saved = _file_of(tmp_path, [80.0, 3.0, 0.1, 0.0])
+    scheduler = as_scheduler("euler", schedule="learned", schedule_kwargs={"path": saved.path, "interpolate": True})
+    with pytest.warns(files.InterpolationWarning, match="has 3 steps .*interpolated to 6 steps"):
+        scheduler.set_timesteps(6)
+    assert torch.allclose(scheduler.schedule_sigmas.to(F64), files.interpolate_steps(saved.sigmas, 6), rtol=1e-12)
+    with pytest.raises(ValueError, match="n = 6 steps but schedule file .* has 3"):
+        as_scheduler("euler", schedule="learned", schedule_kwargs={"path": saved.path}).set_timesteps(6)
