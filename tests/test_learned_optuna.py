@@ -56,11 +56,14 @@ def _optuna(seed=0, trials=6, sampler="euler", **options):
 
 
 def test_optuna_is_deterministic_given_the_study_seed():
-    """Same study seed -> the same best params and bitwise the same sigmas; another seed -> other params."""
+    """Same study seed -> the same best params and bitwise the same sigmas, also for a stochastic sampler
+    (euler_ancestral: its noise comes from the tuning seeds); another seed -> other params."""
     first, again, other = _optuna(seed=3), _optuna(seed=3), _optuna(seed=4)
     assert first.provenance["info"]["best_params"] == again.provenance["info"]["best_params"]
     assert torch.equal(first.sigmas, again.sigmas)
     assert other.provenance["info"]["best_params"] != first.provenance["info"]["best_params"]
+    noisy, noisy_again = _optuna(seed=3, sampler="euler_ancestral"), _optuna(seed=3, sampler="euler_ancestral")
+    assert noisy.provenance["info"] == noisy_again.provenance["info"] and torch.equal(noisy.sigmas, noisy_again.sigmas)
 
 
 def test_optuna_trial_zero_is_default_karras_and_sigma_max_range_keeps_the_ends():

@@ -127,10 +127,12 @@ def learn_parametric(sampler: str, model, x_start: torch.Tensor, target: torch.T
     hparams, space = dict(hparams or {}), search_space(options, ends)
     check_seeds(seeds, options)
     train, val = _split(seeds, options["val_fraction"])
+    stochastic = samplers.get(sampler).stochastic  # per-sample noise streams only where noise is drawn (as dp)
 
     def error(sigmas: torch.Tensor, part: slice) -> float:
         with torch.no_grad():
-            out = samplers.sample(sampler, model, x_start[part], sigmas, seeds=seeds[part], **hparams)
+            out = samplers.sample(sampler, model, x_start[part], sigmas, seeds=seeds[part] if stochastic else None,
+                                  **hparams)
             value = float(mse(out, target[part]))
         return value if math.isfinite(value) else math.inf  # a diverging trial loses, it does not stop the study
 
