@@ -17,7 +17,7 @@ import torch
 from optsample.learned_schedules.learn import learn
 from optsample.models import GaussianMixture
 
-METHODS = (("dp", {"cost": "oss"}), ("dp", {"cost": "gits"}), ("gradient", {}))
+METHODS = (("dp", {"cost": "oss"}), ("dp", {"cost": "gits"}), ("gradient", {}), ("optuna", {}))
 
 
 def main() -> None:

@@ -296,7 +296,7 @@ def test_schedule_app_checks_before_building(tmp_path):
     from optsample.runner import app as R
 
     with pytest.raises(R.ConfigError, match="method must be one of"):
-        _schedule_app(tmp_path, "model=gmm2d", "method=optuna")
+        _schedule_app(tmp_path, "model=gmm2d", "method=annealing")
     with pytest.raises(R.ConfigError, match="nfe=2 gives sampler .heun. 1 step"):
         _schedule_app(tmp_path, "model=gmm2d", "sampler=heun", "nfe=2")
     with pytest.raises(R.ConfigError, match="unknown sampler 'ipndn'"):
