@@ -414,3 +414,19 @@ def test_dp_refuses_seed_restarting_options_for_a_stochastic_sampler():
             learn(gmm, "euler_ancestral", 3, (2,), method="dp", seeds=range(4), options={"grid_size": 6, **options})
     learned = learn(gmm, "euler_ancestral", 3, (2,), method="dp", seeds=range(4), options={"grid_size": 6})
     assert learned.provenance["nfe_used"] == 3
+
+
+def test_warm_restarts_refused_by_dp_learned_by_gradient():
+    """sgd with restart_count=1: dp's one-step prefixes never reach the warm-restart range (it failed deep inside
+    with the rule loop's "restart needs schedule sigmas inside ..."), so it is refused up front by name; gradient
+    learns it, and nfe_used is measured on the learned sigmas (11 steps + the restart's re-evaluation = 12; the
+    dummy schedule used before failed with the same restart-range error)."""
+    from optsample.learned_schedules.learn import learn
+    from optsample.models import GaussianMixture
+
+    gmm = GaussianMixture.random(dim=2, components=4, seed=0)
+    with pytest.raises(ValueError, match="method=dp cannot learn a schedule for 'sgd' with restart_count=1"):
+        learn(gmm, "sgd", 12, (2,), method="dp", hparams={"restart_count": 1}, seeds=range(4))
+    learned = learn(gmm, "sgd", 12, (2,), method="gradient", hparams={"restart_count": 1}, seeds=range(8),
+                    options={"iters": 2})
+    assert (learned.provenance["steps"], learned.provenance["nfe_used"]) == (11, 12)

@@ -104,6 +104,10 @@ def learn(model, sampler: str, nfe: int, sample_shape, *, method: str = "dp", hp
             raise ValueError(f"sampler {sampler!r} draws noise: method=dp needs cost=oss history=exact with it (the "
                              f"other options restart the seeds' noise at every step, so their cost is not the "
                              f"sampler's error); got cost={options['cost']!r} history={options['history']!r}")
+        if hparams.get("restart_count", 0):  # the rules' warm restarts need a sigma in their range at every prefix
+            raise ValueError(f"method=dp cannot learn a schedule for {sampler!r} with restart_count="
+                             f"{hparams['restart_count']}: its partial schedules miss the warm-restart range; "
+                             "use method=gradient or method=optuna")
         grid = dp_method.make_grid(options["grid_size"], ends, options["grid_rho"])
         dp_method.check_budget(n_steps, grid)
     elif method == "optuna":
