@@ -267,16 +267,22 @@ def tune_all(tasks, n_trials, best_path: Path) -> None:
 # Phase 2: held-out evaluation.
 
 
+def baselines(name: str) -> list[tuple[str, str | None]]:
+    """Untuned references: the prior (no guidance) and, on gmm_inverse, the exact likelihood score (the
+    sampler's own error: guidance=exact)."""
+    return [("no guidance", None), *([("exact score", "exact")] if name.startswith("gmm") else [])]
+
+
 def held_out(tasks, best_path: Path, csv_path: Path, pictures: dict | None = None) -> None:
     """Best params of every (task, method) and the no-guidance baseline on each held-out split -> csv rows."""
     best = load_json(best_path)
     done = {(r["task"], r["method"], r["split"]) for r in read_csv(csv_path)}
     for name in tasks:
         task = TASKS[name]
-        for label, method in [("no guidance", None), *METHODS.items()]:
-            if method is not None and method not in best.get(name, {}):
+        for label, method in [*baselines(name), *METHODS.items()]:
+            if label in METHODS and method not in best.get(name, {}):
                 continue
-            params = best[name][method]["params"] if method else {}
+            params = best[name][method]["params"] if label in METHODS else {}
             for i, split in enumerate(task.held_out):
                 want_picture = pictures is not None and i == 0 and name == "inpaint90"
                 if (name, label, str(i)) in done and not want_picture:
@@ -321,7 +327,7 @@ LOWER_IS_BETTER = {"sw_ratio", "weight_tv", "mean_error", "fid_digits"}
 def summary(rows: list[dict], name: str) -> dict:
     """method -> column -> (mean, std, count) over the held-out splits of task ``name``."""
     out: dict = {}
-    for label in ["no guidance", *METHODS]:
+    for label in [*(b for b, _ in baselines(name)), *METHODS]:
         mine = [r for r in rows if r["task"] == name and r["method"] == label]
         if not mine:
             continue
@@ -333,21 +339,41 @@ def summary(rows: list[dict], name: str) -> dict:
     return out
 
 
-def best_of(table: dict, col: str) -> str | None:
-    """The guidance method with the best mean in ``col`` (coverage90: closest to 0.9)."""
-    scored = {m: v[col][0] for m, v in table.items() if m != "no guidance" and math.isfinite(v[col][0])}
+def best_of(table: dict, col: str) -> set:
+    """The guidance methods with the best mean in ``col``, ties included (coverage90: closest to 0.9)."""
+    scored = {m: v[col][0] for m, v in table.items() if m in METHODS and math.isfinite(v[col][0])}
     if not scored:
-        return None
+        return set()
     if col == "coverage90":
-        return min(scored, key=lambda m: abs(scored[m] - 0.9))
-    return (min if col in LOWER_IS_BETTER else max)(scored, key=scored.__getitem__)
+        scored = {m: -abs(v - 0.9) for m, v in scored.items()}
+    elif col in LOWER_IS_BETTER:
+        scored = {m: -v for m, v in scored.items()}
+    top = max(scored.values())
+    return {m for m, v in scored.items() if v >= top - 1e-12}
+
+
+def paired(rows: list[dict], name: str, label: str) -> str:
+    """The objective against DPS on the same held-out splits: wins / splits and the mean paired difference
+    (sw_ratio: the geometric mean of the per-problem ratio, as problems differ by orders of magnitude)."""
+    col = TASKS[name].columns[0]
+    mine = {r["split"]: float(r[col]) for r in rows if r["task"] == name and r["method"] == label}
+    dps = {r["split"]: float(r[col]) for r in rows if r["task"] == name and r["method"] == "DPS"}
+    common = sorted(set(mine) & set(dps))
+    if label == "DPS" or not common:
+        return "-"
+    lower = col in LOWER_IS_BETTER
+    wins = sum((mine[s] < dps[s]) if lower else (mine[s] > dps[s]) for s in common)
+    if col == "sw_ratio":
+        ratio = math.exp(statistics.fmean(math.log(mine[s] / dps[s]) for s in common))
+        return f"{wins}/{len(common)}, x{ratio:.2f}"
+    return f"{wins}/{len(common)}, {statistics.fmean(mine[s] - dps[s] for s in common):+.3f}"
 
 
 def fmt_params(params: dict) -> str:
     return ", ".join(f"{k.removeprefix('guidance.')} {v:.3g}" for k, v in params.items())
 
 
-def tables(tasks, best_path: Path, csv_path: Path, md_path: Path, seconds: float | None = None) -> str:
+def tables(tasks, best_path: Path, csv_path: Path, md_path: Path) -> str:
     best, rows = load_json(best_path), read_csv(csv_path)
     settings = sweeper_settings()
     lines = ["# Guidance study: every method tuned with Optuna at the same budget, reported on held-out problems", "",
@@ -355,18 +381,22 @@ def tables(tasks, best_path: Path, csv_path: Path, md_path: Path, seconds: float
              f"{settings['n_startup_trials']} random start-up trials; trial 0 its preset) over its search space "
              "(`conf/experiment/guidance_tune_<method>.yaml`) on the tuning problems; then the best parameters on "
              "the held-out problems. Mean ± std over the held-out problems (gmm: problems; digits: sets of 40); "
-             "bold: the best guidance method per column (coverage: closest to 0.9). Made by "
+             "bold: the best guidance method per column (coverage: closest to 0.9); last column: the objective "
+             "against DPS on the same held-out splits (wins, mean paired difference; sw_ratio: geometric-mean "
+             "ratio). Made by "
              "`experiments/guidance_as_optimization/study.py`.", ""]
     for name in tasks:
         if not any(r["task"] == name for r in rows):
             continue
         task, table = TASKS[name], summary(rows, name)
         n_held = len(task.held_out)
+        tuning_s = sum(entry.get("seconds", 0.0) for entry in best.get(name, {}).values())
         lines += [f"## {task.label}", "",
-                  f"Tuning objective `{objective_key(task)}` on {len(task.tuning)} tuning split(s); held-out: "
-                  f"{n_held} {'problems' if name.startswith('gmm') else 'splits'}.", "",
-                  "| method | tuned parameters (tuning value) | " + " | ".join(task.columns) + " |",
-                  "|---|---|" + "---|" * len(task.columns)]
+                  f"Tuning objective `{objective_key(task)}` on {len(task.tuning)} tuning split(s) "
+                  f"({tuning_s:.0f} s wall for the six tunings on the shared 2-core machine); held-out: "
+                  f"{n_held} {'problems' if name.startswith('gmm') else 'sets of 40 problems'}.", "",
+                  "| method | tuned parameters (tuning value) | " + " | ".join(task.columns)
+                  + f" | {task.columns[0]} vs DPS (wins, paired) |", "|---|---|" + "---|" * (len(task.columns) + 1)]
         bold = {col: best_of(table, col) for col in task.columns}
         for label, values in table.items():
             entry = best.get(name, {}).get(METHODS.get(label, ""), None)
@@ -375,17 +405,16 @@ def tables(tasks, best_path: Path, csv_path: Path, md_path: Path, seconds: float
             for col in task.columns:
                 mean, std, count = values[col]
                 cell = f"{mean:.3f} ± {std:.3f}" if count == n_held else f"{mean:.3f} ± {std:.3f} ({count}/{n_held})"
-                cells.append(f"**{cell}**" if bold[col] == label else cell)
-            lines.append(f"| {label} | {tuned} | " + " | ".join(cells) + " |")
+                cells.append(f"**{cell}**" if label in bold[col] else cell)
+            lines.append(f"| {label} | {tuned} | " + " | ".join(cells) + f" | {paired(rows, name, label)} |")
         lines.append("")
-    if seconds is not None:
-        lines.append(f"Wall time of this invocation {seconds:.0f} s on one CPU thread (shared machine).")
     md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return "\n".join(lines)
 
 
 def plot(tasks, csv_path: Path, png_path: Path) -> None:
-    """Held-out objective per method per task: bars of the mean with std error bars."""
+    """Held-out objective per method per task: the mean (bar) with std error bars and each held-out split (dots);
+    sw_ratio as the per-problem ratio to DPS's (log axis, bar: geometric mean), as problems differ 100-fold."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -395,19 +424,36 @@ def plot(tasks, csv_path: Path, png_path: Path) -> None:
     shown = [name for name in tasks if any(r["task"] == name for r in rows)]
     if not shown:
         return
-    fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.0 * len(shown), 3.3), squeeze=False)
     for ax, name in zip(axes[0], shown):
-        table, col = summary(rows, name), TASKS[name].columns[0]
-        labels = list(table)
-        means = [table[m][col][0] for m in labels]
-        stds = [table[m][col][1] for m in labels]
-        colours = ["0.6" if m == "no guidance" else ("C3" if m == "AdamDPS" else "C0") for m in labels]
-        ax.bar(range(len(labels)), means, yerr=stds, color=colours, capsize=3)
+        col = TASKS[name].columns[0]
+        labels = [m for m in [*(b for b, _ in baselines(name)), *METHODS] if any(
+            r["task"] == name and r["method"] == m for r in rows)]
+        points = {m: {r["split"]: float(r[col]) for r in rows if r["task"] == name and r["method"] == m} for m in labels}
+        ratio = col == "sw_ratio" and "DPS" in points
+        if ratio:
+            points = {m: {s: v / points["DPS"][s] for s, v in p.items() if s in points["DPS"]} for m, p in points.items()}
+        colours = ["0.6" if m not in METHODS else ("C3" if m == "AdamDPS" else "C0") for m in labels]
+        for i, m in enumerate(labels):
+            values = list(points[m].values())
+            if ratio:
+                centre = math.exp(statistics.fmean(math.log(v) for v in values))
+                ax.bar(i, centre - 1, bottom=1, color=colours[i])
+            else:
+                centre = statistics.fmean(values)
+                ax.bar(i, centre, yerr=statistics.stdev(values) if len(values) > 1 else 0, color=colours[i], capsize=3)
+            ax.plot([i] * len(values), values, "k.", markersize=3)
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
-        ax.set_title(f"{name}: {col} ({'lower' if col in LOWER_IS_BETTER else 'higher'} better)", fontsize=8)
-        if col == "sw_ratio":
+        better = "lower" if col in LOWER_IS_BETTER else "higher"
+        if ratio:
             ax.set_yscale("log")
+            ax.axhline(1.0, color="k", linewidth=0.5)
+            ax.set_title(f"{name}: sw_ratio / DPS's ({better} better)", fontsize=8)
+        else:
+            ax.set_title(f"{name}: {col} ({better} better)", fontsize=8)
+            if col == "psnr":
+                ax.set_ylim(bottom=min(min(p.values()) for p in points.values()) - 0.5)
     fig.tight_layout()
     fig.savefig(png_path, dpi=90)
     plt.close(fig)
@@ -472,7 +518,8 @@ def report(out: Path, best_path: Path, csv_path: Path, tasks, seconds: float) ->
     """study.md and study.png over every task with held-out rows (this run's and earlier ones)."""
     rows = read_csv(csv_path)
     shown = [t for t in TASKS if t in tasks or any(r["task"] == t for r in rows)]
-    print(tables(shown, best_path, csv_path, out / "study.md", seconds))
+    print(tables(shown, best_path, csv_path, out / "study.md"))
+    print(f"({seconds:.0f} s so far in this invocation)")
     plot(shown, csv_path, out / "study.png")
 
 if __name__ == "__main__":
