@@ -373,6 +373,35 @@ def fmt_params(params: dict) -> str:
     return ", ".join(f"{k.removeprefix('guidance.')} {v:.3g}" for k, v in params.items())
 
 
+def overview(tasks, rows: list[dict]) -> list[str]:
+    """One table: the held-out objective (mean ± std) per method (rows) and task (columns), best in bold."""
+    shown = [name for name in tasks if any(r["task"] == name for r in rows)]
+    if not shown:
+        return []
+    tabs = {name: summary(rows, name) for name in shown}
+    heads = [f"{name}: {TASKS[name].columns[0]} ({'min' if TASKS[name].columns[0] in LOWER_IS_BETTER else 'max'})"
+             for name in shown]
+    lines = ["## Overview: held-out objective per task", "", "| method | " + " | ".join(heads) + " |",
+             "|---|" + "---|" * len(shown)]
+    labels = ["no guidance", "exact score", *METHODS]
+    for label in labels:
+        cells = []
+        for name in shown:
+            col = TASKS[name].columns[0]
+            if label not in tabs[name]:
+                cells.append("-")
+                continue
+            mean, std, _ = tabs[name][label][col]
+            digits = {"sw_ratio": 1, "psnr": 2}.get(col, 3)
+            cell = f"{mean:.{digits}f} ± {std:.{digits}f}"
+            cells.append(f"**{cell}**" if label in best_of(tabs[name], col) else cell)
+        if any(c != "-" for c in cells):
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    note = ("On gmm_inverse the std is mostly between problems (their distances differ 100-fold): read the "
+            "paired column of its own table (per-problem ratio to DPS).")
+    return [*lines, "", note, ""]
+
+
 def tables(tasks, best_path: Path, csv_path: Path, md_path: Path) -> str:
     best, rows = load_json(best_path), read_csv(csv_path)
     settings = sweeper_settings()
@@ -385,6 +414,7 @@ def tables(tasks, best_path: Path, csv_path: Path, md_path: Path) -> str:
              "against DPS on the same held-out splits (wins, mean paired difference; sw_ratio: geometric-mean "
              "ratio). Made by "
              "`experiments/guidance_as_optimization/study.py`.", ""]
+    lines += overview(tasks, rows)
     for name in tasks:
         if not any(r["task"] == name for r in rows):
             continue
