@@ -366,7 +366,8 @@ def paired(rows: list[dict], name: str, label: str) -> str:
     if col == "sw_ratio":
         ratio = math.exp(statistics.fmean(math.log(mine[s] / dps[s]) for s in common))
         return f"{wins}/{len(common)}, x{ratio:.2f}"
-    return f"{wins}/{len(common)}, {statistics.fmean(mine[s] - dps[s] for s in common):+.3f}"
+    places = 2 if col == "psnr" else 3
+    return f"{wins}/{len(common)}, {statistics.fmean(mine[s] - dps[s] for s in common):+.{places}f}"
 
 
 def fmt_params(params: dict) -> str:
@@ -394,11 +395,14 @@ def overview(tasks, rows: list[dict]) -> list[str]:
             mean, std, _ = tabs[name][label][col]
             digits = {"sw_ratio": 1, "psnr": 2}.get(col, 3)
             cell = f"{mean:.{digits}f} ± {std:.{digits}f}"
-            cells.append(f"**{cell}**" if label in best_of(tabs[name], col) else cell)
+            cell = f"**{cell}**" if label in best_of(tabs[name], col) else cell
+            versus = paired(rows, name, label)
+            cells.append(cell if versus == "-" else f"{cell} ({versus})")
         if any(c != "-" for c in cells):
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    note = ("On gmm_inverse the std is mostly between problems (their distances differ 100-fold): read the "
-            "paired column of its own table (per-problem ratio to DPS).")
+    note = ("In brackets: against DPS on the same held-out problems (wins / problems, mean paired difference; "
+            "sw_ratio: geometric mean of the per-problem ratio). On gmm_inverse the std is mostly between "
+            "problems (their distances differ 100-fold): read the paired ratio.")
     return [*lines, "", note, ""]
 
 
