@@ -3,7 +3,8 @@
 Issue 12, item 4. Methods (the runner's ``guidance=`` presets): DPS (sgd), AdamDPS (adam), momentum, RMSProp,
 sign and MPGD (backprop-free). Tasks (``conf/experiment/guidance_study_<task>.yaml``): gmm_inverse d = 8 (and
 80), d_y = 2, exact (sliced W2 to exact posterior samples over the floor between two exact sets); digits
-inpainting 90 %, 4x super-resolution (PSNR); digits class guidance (the judge's accuracy). Each method's
+inpainting 90 %, 4x and 2x super-resolution, box inpainting, 3x3 blur (PSNR, sigma_y 0.05); digits class
+guidance (the judge's accuracy). Each method's
 search space is its ``conf/experiment/guidance_tune_<method>.yaml`` (``hydra.sweeper.params``) and the
 sweeper's settings are ``guidance_tune.yaml`` (16 trials, TPE seeded 0, 6 random start-up trials): this
 script reads both and runs the same seeded TPE in-process (``study.ask`` / ``trial._suggest`` in the
@@ -106,7 +107,7 @@ TASKS = {
                   held_out=tuple(Split(seed=1000 + i) for i in range(4)),
                   columns=("judge_accuracy", "guide_accuracy", "fid_digits")),
 }
-DEFAULT_TASKS = ("gmm8", "inpaint90", "sr4", "class")
+DEFAULT_TASKS = tuple(TASKS)  # all committed in results/guidance_as_optimization/
 
 
 # ----------------------------------------------------------------------------------------------
@@ -458,8 +459,12 @@ def plot(tasks, csv_path: Path, png_path: Path) -> None:
     shown = [name for name in tasks if any(r["task"] == name for r in rows)]
     if not shown:
         return
-    fig, axes = plt.subplots(1, len(shown), figsize=(3.0 * len(shown), 3.3), squeeze=False)
-    for ax, name in zip(axes[0], shown):
+    ncols = min(4, len(shown))
+    nrows = -(-len(shown) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols, 3.3 * nrows), squeeze=False)
+    for ax in axes.flat[len(shown):]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, shown):
         col = TASKS[name].columns[0]
         labels = [m for m in [*(b for b, _ in baselines(name)), *METHODS] if any(
             r["task"] == name and r["method"] == m for r in rows)]
