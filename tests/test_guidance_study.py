@@ -132,3 +132,33 @@ def test_the_committed_best_params_cover_each_search_space(study):
         for method, entry in methods.items():
             assert set(entry["params"]) == set(study.search_space(method)), (task, method)
             assert len(entry["trials"]) == study.sweeper_settings()["n_trials"], (task, method)
+
+
+def test_the_script_runs_the_trials_the_hydra_sweeper_runs(study, tmp_path):
+    """The Hydra Optuna sweeper on experiment=[guidance_study_gmm8,guidance_tune_sign] (a small run: 16 samples,
+    5 steps) suggests and scores trials 0-2 exactly as the script's trials 1-3 (its trial 0 is the enqueued
+    preset, which draws nothing from the seeded sampler)."""
+    import optuna
+
+    from optsample.runner import app as R
+
+    small = ("n_samples=16", "batch_size=16", "steps=5", "task.n_reference=64")
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    argv = ["optsample-run", "-m", "experiment=[guidance_study_gmm8,guidance_tune_sign]", *small,
+            f"results_dir={tmp_path / 'runs'}", f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra.sweeper.n_trials=3",
+            f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=parity",
+            "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    old, sys.argv = sys.argv, argv
+    try:
+        R.main()
+    except SystemExit as exit_:
+        assert exit_.code in (0, None)
+    finally:
+        sys.argv = old
+    swept = optuna.load_study(study_name="parity", storage=storage).trials
+    task = study.Task("small gmm8", "gmm8", tuning=(study.Split(seed=1, problem_seed=0, extra=small),), held_out=(),
+                      columns=("sw_ratio",))
+    mine = study.tune(task, "sign", n_trials=4)["trials"]
+    assert mine[0]["params"] == study.preset_values("sign")
+    assert [t.params for t in swept] == [t["params"] for t in mine[1:]]
+    assert [t.value for t in swept] == [t["value"] for t in mine[1:]]

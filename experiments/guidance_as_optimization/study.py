@@ -61,6 +61,7 @@ class Split:
     problem_seed: int | None = None
     offset: int | None = None
     n: int | None = None  # samples (None: the preset's)
+    extra: tuple = ()  # further overrides (tests: a smaller run)
 
     def overrides(self, task: str) -> list[str]:
         out = [f"seed={self.seed}"]
@@ -70,7 +71,7 @@ class Split:
             out.append(f"task.offset={self.offset}")
         if self.n is not None:
             out += [f"n_samples={self.n}", f"batch_size={self.n}"]
-        return out
+        return [*out, *self.extra]
 
 
 @dataclass(frozen=True)
