@@ -353,8 +353,9 @@ def transfer_sources(spec: ModelSpec, sampler: str, nfe: int, methods) -> list[t
 
 
 def interpolate(sigmas: torch.Tensor, n_steps: int):
-    """A learned schedule at another step count (log-linear in the step fraction), if the library has it."""
-    helper = getattr(files, "interpolate", None)
+    """A learned schedule at another step count (log-linear in the step fraction, files.interpolate_steps = AYS's
+    loglinear_interp), if the library has it."""
+    helper = getattr(files, "interpolate_steps", None)
     return helper(sigmas, n_steps) if helper is not None else None
 
 

@@ -127,10 +127,11 @@ def write_tables(out: Path) -> None:
     if frame["schedule"].str.contains("<-").any():
         parts.append("## Transfer (medians over cells; full rows in scores.csv)\n")
         parts.append(transfer_summary(frame))
-    learn_s = frame.drop_duplicates("source").dropna(subset=["learn_s"])
+    learn_s = main.drop_duplicates("source").dropna(subset=["learn_s"])
     if not learn_s.empty:
         seconds = learn_s.assign(method=learn_s["schedule"]).groupby(["model", "method"])["learn_s"]
-        parts.append("## Learning time per schedule (s, 1 thread, shared cores): median [min, max], count\n")
+        parts.append("## Learning time per schedule (wall s inside learn(), 1 thread, on 2 cores shared with ~8 other "
+                     "processes)\n")
         parts.append("| model | method | median | min | max | schedules |\n|---|---|---:|---:|---:|---:|")
         for (model, method), s in seconds:
             parts.append(f"| {model} | {method} | {s.median():.1f} | {s.min():.1f} | {s.max():.1f} | {len(s)} |")
