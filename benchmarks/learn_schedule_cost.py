@@ -23,7 +23,7 @@ import torch
 from optsample.learned_schedules.learn import learn
 from optsample.learned_schedules.problem import SolverTeacher
 
-GMM_METHODS = (("dp", {"cost": "oss"}), ("dp", {"cost": "gits"}), ("gradient", {}))
+GMM_METHODS = (("dp", {"cost": "oss"}), ("dp", {"cost": "gits"}), ("gradient", {}), ("optuna", {}))
 
 
 def build(name: str):

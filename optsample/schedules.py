@@ -280,12 +280,24 @@ def ays(n: int = 10, model: str = "sd15", *, final: str = "zero", device=None) -
     if model not in AYS_SIGMAS:
         raise ValueError(f"model must be one of {sorted(AYS_SIGMAS)}, got {model!r}")
     table = torch.tensor(AYS_SIGMAS[model], dtype=F64)
-    position = _ramp(0, len(table) - 1, n)  # fractional index into the table
+    return _finish(loglinear_interp(table, n), float(table[-1]), n >= 2, final, device)
+
+
+def loglinear_interp(points: torch.Tensor, n: int) -> torch.Tensor:
+    """``points`` (positive, decreasing) resampled to n points: log sigma linear in the step fraction.
+
+    The AYS authors' ``loglinear_interp`` (NVIDIA AYS how-to page; ComfyUI ``nodes_align_your_steps.py``):
+    np.interp of log sigma at linspace(0, 1, n) over linspace(0, 1, len(points)). Written on the fractional
+    index with a^(1-w) b^w, so n = len(points) returns ``points`` bitwise and the first and last points are
+    kept exactly for every n >= 2. Used by :func:`ays` and by learned schedules at another step count
+    (optsample.learned_schedules.files.interpolate).
+    """
+    n = _check_n(n)
+    points = torch.as_tensor(points, dtype=F64)
+    position = _ramp(0, len(points) - 1, n)  # fractional index into points
     low = position.floor().long()
-    high, w = (low + 1).clamp(max=len(table) - 1), position - low
-    # log sigma = (1 - w) log a + w log b, written as a^(1-w) b^w so table entries come back exactly
-    points = table[low] ** (1 - w) * table[high] ** w
-    return _finish(points, float(table[-1]), n >= 2, final, device)
+    high, w = (low + 1).clamp(max=len(points) - 1), position - low
+    return points[low] ** (1 - w) * points[high] ** w
 
 
 # ----------------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ from diffusers import (
     DDIMScheduler, DDPMPipeline, DPMSolverMultistepScheduler, EulerDiscreteScheduler, StableDiffusionImg2ImgPipeline,
     StableDiffusionPipeline, UNet2DModel,
 )
-from transformers import CLIPConfig, CLIPModel
 
 import optsample
 from optsample.integrations.diffusers.adapters import (
@@ -27,7 +26,7 @@ from optsample.integrations.diffusers.adapters import (
 from optsample.integrations.diffusers.prompts import coco_captions, load_prompts, prompt_conditioning
 
 from helpers import SCHEDULER_KWARGS
-from tiny_pipeline import TINY_TEXT_CONFIG, tiny_stable_diffusion
+from tiny_pipeline import save_tiny_clip, tiny_stable_diffusion
 
 TOL = 1e-4  # max abs diff, float32
 N_STEPS = 5
@@ -242,15 +241,6 @@ def cli(*args) -> int:
         return exit_.code
     finally:
         sys.argv = old
-
-
-def save_tiny_clip(folder, tokenizer) -> None:
-    config = CLIPConfig(text_config=dict(vocab_size=len(tokenizer), **TINY_TEXT_CONFIG), projection_dim=16,
-                        vision_config=dict(image_size=16, patch_size=4, hidden_size=32, intermediate_size=37,
-                                           num_hidden_layers=2, num_attention_heads=4))
-    torch.manual_seed(9)  # a seed whose image/text cosines are positive here (the clamp at 0 inactive)
-    CLIPModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
 
 
 def test_runner_scores_a_saved_pipeline(tmp_path, monkeypatch):

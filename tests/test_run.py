@@ -65,7 +65,7 @@ class StubLogger:
     def __init__(self, cfg, **kw):
         StubLogger.calls.append(("make", cfg, kw))
 
-    def log_run(self, config, metrics, samples, trajectory, log_density=None):
+    def log_run(self, config, metrics, samples, trajectory, log_density=None, caption=None):
         if StubLogger.fail:
             raise RuntimeError("W&B is down")
         StubLogger.calls.append(("log_run", config, metrics, samples, trajectory))

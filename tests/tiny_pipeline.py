@@ -58,3 +58,15 @@ def tiny_stable_diffusion(folder, scheduler, seed: int = 0) -> dict:
     text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), **TINY_TEXT_CONFIG))
     return dict(unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer,
                 scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def save_tiny_clip(folder, tokenizer) -> None:
+    """A tiny random CLIPModel (16x16 images) and ``tokenizer`` saved to ``folder`` (the CLIP score's model)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    config = CLIPConfig(text_config=dict(vocab_size=len(tokenizer), **TINY_TEXT_CONFIG), projection_dim=16,
+                        vision_config=dict(image_size=16, patch_size=4, hidden_size=32, intermediate_size=37,
+                                           num_hidden_layers=2, num_attention_heads=4))
+    torch.manual_seed(9)  # a seed whose image/text cosines are positive here (the clamp at 0 inactive)
+    CLIPModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)

@@ -24,8 +24,8 @@ from ..samplers import transforms as T
 from ..samplers.core import NonFiniteError, ancestral_step
 from .rules import make_rule
 
-LR_SCHEDULES = ("constant", "inverse_sigma2", "cosine", "dps", "adam_dps", "mpgd")
-POST_STEP_SCHEDULES = ("dps", "adam_dps", "mpgd")  # need the run's sigmas: they translate a per-step update
+LR_SCHEDULES = ("constant", "inverse_sigma2", "cosine", "dps", "adam_dps", "mpgd", "fastai")
+POST_STEP_SCHEDULES = ("dps", "adam_dps", "mpgd", "fastai")  # need the run's sigmas: they translate a per-step update
 
 
 def _column(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -41,8 +41,8 @@ class GuidedDenoiser:
     optimization"; EDM coordinates x = x_vp sqrt(1 + sigma^2)):
 
     * ``constant``: sigma^2 lr_t = lr sigma^2: Tweedie's form (lr 1 with the exact score is the posterior
-      denoiser), Bansal et al. 2023 forward guidance; a step on x proportional to sigma^2 (the fast.ai deep
-      dive's loss guidance, x -= lambda sigma^2 grad L).
+      denoiser), Bansal et al. 2023 forward guidance (the fast.ai deep dive's x -= lambda sigma^2 grad L
+      before the step is ``fastai`` below, which adds the factor c).
     * ``inverse_sigma2``: sigma^2 lr_t = lr: a step of lr * direction on x0_hat.
     * ``cosine``: lr sigma^2 (lr_end + (1 - lr_end) (1 + cos(pi p)) / 2), p = log(sigma_max / sigma) /
       log(sigma_max / sigma_min) clipped to [0, 1] (SGDR, Loshchilov & Hutter 2017, eq. 5, over log sigma).
@@ -53,6 +53,9 @@ class GuidedDenoiser:
       sqrt(1 + sigma^2).
     * ``mpgd``: MPGD's x0_hat += lr rule(g) with eps kept (He et al. 2024, Alg. 1; ``methods/mpgd.py``):
       sigma^2 lr_t = lr c. Use with ``Loss(..., through="x0")``.
+    * ``fastai``: the fast.ai Stable Diffusion deep dive's loss guidance, x <- x + lr sigma^2 rule(g) (sgd:
+      x - lr sigma^2 grad L) before the sampler step, eps_hat kept (fastai/diffusion-nbs, "Guidance"; lr 200
+      there): sigma^2 lr_t = lr c sigma^2. Use with ``DecodedLoss(..., through="x0")`` (``colour_loss``).
     """
 
     def __init__(self, model, objective, *, rule: str = "sgd", lr: float = 1.0, lr_schedule: str = "constant",
@@ -110,6 +113,8 @@ class GuidedDenoiser:
             return math.sqrt(1 + sigma**2), self.lr * c * math.sqrt(1 + sigma_next**2)
         if self.lr_schedule == "adam_dps":
             return math.sqrt(1 + sigma**2), self.lr * c * math.sqrt(1 + sigma**2)
+        if self.lr_schedule == "fastai":
+            return 1.0, self.lr * c * sigma**2
         return 1.0, self.lr * c
 
     def __call__(self, x: torch.Tensor, sigma, **extra) -> torch.Tensor:

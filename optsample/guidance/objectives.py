@@ -10,7 +10,8 @@ loss [B] (None for a likelihood score). No autograd graph survives the call.
   (DPS, Chung et al. 2023; UGD forward, Bansal et al. 2023; FreeDoM, Yu et al. 2023; AdamDPS, Belardi et al.
   2026); ``through="x0"``: g = -grad_{x0_hat} fn(x0_hat), no backpropagation through the network (MPGD,
   He et al. 2024, Alg. 1).
-* Ready losses: :class:`MeasurementLoss`, :class:`ClassifierLoss`, :class:`DecodedLoss`.
+* Ready losses: :class:`MeasurementLoss`, :class:`ClassifierLoss`, :class:`DecodedLoss` (a loss on decoded
+  images for latent models; :func:`colour_loss` / :func:`blue_loss`, the fast.ai deep dive's colour loss).
 
 **Per-sample problems across batches.** A measurement (or label) per sample of a whole run, [N, ...], is
 used batch by batch when the model is called with ``sample_index`` [B] (the run's sample numbers of the
@@ -184,12 +185,49 @@ class ClassifierLoss(Loss):
 
 
 class DecodedLoss(Loss):
-    """``fn(decoder(x0_hat)) -> [B]``: a loss on decoded images for latent models, through the VAE decoder
-    (the fast.ai Stable Diffusion deep dive's colour loss is ``fn = lambda img: (img[:, 2] - 0.9).abs().mean((1, 2))``)."""
+    """``fn(decoder(x0_hat)) -> [B]``: a loss on decoded images for latent models (Stable Diffusion's latents
+    through its VAE decoder), minimised. ``through="denoiser"``: the gradient goes through the decoder and the
+    network (with its classifier-free guidance: wrap the CFG'd model); ``through="x0"``: through the decoder
+    only, as the fast.ai deep dive and MPGD do. ``decoder`` must be differentiable (for Stable Diffusion:
+    :meth:`~optsample.integrations.diffusers.adapters.StableDiffusionDenoiser.vae_decode`, not its
+    ``decode``, which runs under ``torch.no_grad``). Ready image loss: :func:`colour_loss`.
+    """
 
     def __init__(self, decoder: Callable, fn: Callable, through: str = "denoiser"):
+        if not callable(decoder):
+            raise ValueError(f"DecodedLoss needs decoder=, a differentiable latents -> images function "
+                             f"(e.g. StableDiffusionDenoiser.vae_decode), got {decoder!r}")
         self.decoder, self.image_loss = decoder, fn
         super().__init__(self._value, through=through)
 
     def _value(self, x0_hat):
-        return self.image_loss(self.decoder(x0_hat))
+        images = self.decoder(x0_hat)
+        if torch.is_grad_enabled() and x0_hat.requires_grad and not images.requires_grad:
+            raise TypeError("DecodedLoss: the decoder's images carry no gradient (it runs under torch.no_grad or "
+                            "detaches?); pass a differentiable decoder, e.g. StableDiffusionDenoiser.vae_decode")
+        return self.image_loss(images)
+
+
+def colour_loss(images: torch.Tensor, channel: int = 2, target: float = 0.9) -> torch.Tensor:
+    """Per-sample mean |image[channel] - target| with the image in [0, 1] (``images`` [B, C, H, W] in [-1, 1]).
+
+    The fast.ai Stable Diffusion deep dive's ``blue_loss`` (fastai/diffusion-nbs ``Stable Diffusion Deep
+    Dive.ipynb``, "Guidance": ``torch.abs(images[:, 2] - 0.9).mean()`` on ``vae.decode(...) / 2 + 0.5``), per
+    sample instead of over the batch. Its loop, every 5th of 50 LMS steps, takes ``x <- x - 200 sigma^2
+    grad_x L(decode(x0_hat))`` with x0_hat = x - sigma eps_hat and eps_hat held fixed (so the gradient is
+    through the decoder only, ``through="x0"``), then the scheduler step from the shifted x with the same
+    eps_hat. A shift ``delta`` of x before an Euler step from sigma to sigma_next moves x_next by ``delta``,
+    and so does a shift ``delta sigma / (sigma - sigma_next)`` of D: that is ``guided(..., rule="sgd",
+    lr=200, lr_schedule="fastai", sigmas=sigmas, eta=0)`` (D_y = D + sigma^2 lr_t rule(g) with sigma^2 lr_t =
+    lr sigma^2 sigma / (sigma - sigma_next); :class:`~.guided.GuidedDenoiser`), exactly for ``euler`` with
+    guidance at every step (tests/test_guidance_sd.py transcribes the loop); the deep dive's every-5th-step
+    is about lr / 5 at every step.
+    """
+    if images.ndim != 4 or not 0 <= channel < images.shape[1]:
+        raise ValueError(f"colour_loss needs images [B, C, H, W] with channel {channel} < C, got shape {tuple(images.shape)}")
+    return ((images[:, channel] + 1) / 2 - target).abs().mean((1, 2))
+
+
+def blue_loss(images: torch.Tensor) -> torch.Tensor:
+    """The fast.ai deep dive's ``blue_loss``: :func:`colour_loss` of the blue channel towards 0.9."""
+    return colour_loss(images, channel=2, target=0.9)

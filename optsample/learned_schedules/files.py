@@ -10,6 +10,15 @@ Nothing that is not finite, strictly decreasing and ending at 0 (and starting at
 ever written or read back. A schedule learned for another model or sampler (or other sampler hyper-parameters)
 is refused by name (:class:`ProvenanceMismatch`), or only warned about with ``on_mismatch="warn"``.
 Importing this module registers the schedule ``learned`` in :mod:`optsample.schedules`.
+
+Transfer (issue 14's study), both explicit options of ``learned`` and plain functions here:
+
+- another step count: ``interpolate=True`` resamples the file's positive sigmas to ``n`` points, log sigma
+  linear in the step fraction (:func:`interpolate_steps`, the AYS ``loglinear_interp`` that ``schedules.ays``
+  uses too), then 0; without it a step-count mismatch is an error;
+- another model / sampler: ``on_mismatch="warn"`` turns the refusal into a ProvenanceWarning naming what differs;
+- another sigma range: ``sigma_range=[c, d]`` maps the file's ends range [a, b] (its provenance ``ends``) onto
+  [c, d], affine in log sigma (:func:`map_sigma_range`): the schedule keeps its shape in log sigma.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import List, Optional
 
 import torch
 
@@ -41,6 +51,10 @@ class ProvenanceMismatch(ValueError):
 
 class ProvenanceWarning(UserWarning):
     """As :class:`ProvenanceMismatch`, with ``on_mismatch="warn"``."""
+
+
+class InterpolationWarning(UserWarning):
+    """A schedule file run at another step count than it was learned for (``interpolate=True``)."""
 
 
 @dataclass(frozen=True)
@@ -164,20 +178,72 @@ def check_provenance(schedule: ScheduleFile, *, model=None, sampler=None, hparam
     return problems
 
 
-def learned(path: str, n: int | None = None, *, on_mismatch: str = "error", expect: dict | None = None) -> torch.Tensor:
+def interpolate_steps(sigmas: torch.Tensor, n: int) -> torch.Tensor:
+    """A schedule [s_0, ..., s_{k-1}, 0] of k steps resampled to n steps: its k positive sigmas log-linearly
+    interpolated in the step fraction to n points (``schedules.loglinear_interp``; AYS), then 0. n = k gives
+    ``sigmas`` bitwise; every n >= 2 keeps s_0 and s_{k-1} exactly."""
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
+    if len(sigmas) < 2 or float(sigmas[-1]) != 0:
+        raise ValueError(f"sigmas must be a schedule ending at 0, got {sigmas.tolist()}")
+    points = schedules.loglinear_interp(sigmas[:-1], n)
+    return validate_sigmas(torch.cat([points, sigmas.new_zeros(1)]), f"schedule interpolated to n = {n} steps")
+
+
+def map_sigma_range(sigmas: torch.Tensor, source, target) -> torch.Tensor:
+    """``sigmas`` learned on the range source = [a, b] moved to target = [c, d], affine in log sigma:
+    log s' = log c + (log s - log a) (log d - log c) / (log b - log a); s_0 = b becomes d exactly, 0 stays 0."""
+    (a, b), (c, d) = (_check_sigma_range(name, value) for name, value in (("source", source), ("sigma_range", target)))
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
+    scale = (math.log(d) - math.log(c)) / (math.log(b) - math.log(a))
+    positive = torch.exp(math.log(c) + (torch.log(sigmas[:-1]) - math.log(a)) * scale)
+    mapped = torch.cat([positive, sigmas[-1:]])
+    if math.isclose(float(sigmas[0]), b, rel_tol=1e-12):
+        mapped[0] = d
+    return validate_sigmas(mapped, f"schedule mapped from sigma range {[a, b]} to {[c, d]}")
+
+
+def _check_sigma_range(name: str, value) -> tuple[float, float]:
+    if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in value):
+        raise ValueError(f"{name} must be [sigma_min, sigma_max], two finite numbers > 0, got {value!r}")
+    if not value[0] < value[1]:
+        raise ValueError(f"{name} must have sigma_min < sigma_max, got {list(value)!r}")
+    return float(value[0]), float(value[1])
+
+
+def learned(path: str, n: int | None = None, *, on_mismatch: str = "error", interpolate: bool = False,
+            sigma_range: Optional[List[float]] = None, expect: dict | None = None) -> torch.Tensor:
     """The sigmas of schedule file ``path`` (``schedules.get("learned", n, path=...)``; ``schedule=learned
     schedule.path=<file>`` in the runner, which passes ``expect={"model", "sampler", "hparams"}`` of the run).
 
-    ``n``, if given, must be the file's step count (a learned schedule is learned for its budget)."""
+    ``n``, if given, must be the file's step count (a learned schedule is learned for its budget), unless
+    ``interpolate`` (then :func:`interpolate_steps` to n, with an InterpolationWarning naming both counts).
+    ``sigma_range=[c, d]``: :func:`map_sigma_range` from the file's ends range onto [c, d]."""
     if on_mismatch not in ON_MISMATCH:
         raise ValueError(f"on_mismatch must be one of {list(ON_MISMATCH)}, got {on_mismatch!r}")
+    if not isinstance(interpolate, bool):
+        raise ValueError(f"interpolate must be true or false, got {interpolate!r}")
+    if sigma_range is not None:
+        _check_sigma_range("sigma_range", sigma_range)
     schedule = load(path)
-    if n is not None and n != schedule.steps:
-        nfe = schedule.provenance.get("nfe")
-        raise ValueError(f"n = {n} steps but schedule file {path} has {schedule.steps} (learned for nfe={nfe})")
     if expect:
         check_provenance(schedule, on_mismatch=on_mismatch, **expect)
-    return schedule.sigmas
+    sigmas = schedule.sigmas
+    if n is not None and n != schedule.steps:
+        nfe = schedule.provenance.get("nfe")
+        if not interpolate:
+            raise ValueError(f"n = {n} steps but schedule file {path} has {schedule.steps} (learned for nfe={nfe}); "
+                             "interpolate=true to resample it")
+        warnings.warn(f"schedule file {path} has {schedule.steps} steps (learned for nfe={nfe}); interpolated to "
+                      f"{n} steps (log-linear in the step fraction)", InterpolationWarning, stacklevel=2)
+        sigmas = interpolate_steps(sigmas, n)
+    if sigma_range is not None:
+        ends = schedule.provenance.get("ends") or {}
+        if "sigma_min" not in ends or "sigma_max" not in ends:
+            raise ScheduleFileError(f"schedule file {path}: sigma_range needs the provenance's ends "
+                                    "(sigma_min, sigma_max), which it lacks")
+        sigmas = map_sigma_range(sigmas, [ends["sigma_min"], ends["sigma_max"]], sigma_range)
+    return sigmas
 
 
 schedules.register("learned", learned)

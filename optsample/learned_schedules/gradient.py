@@ -23,10 +23,9 @@ import torch
 from .. import samplers
 from .problem import Ends, mse
 
-# Samplers whose output is differentiable in the sigmas, checked against finite differences in
-# tests/test_learned_schedules.py; others raise (no graph) or warn (not verified).
-VERIFIED_SAMPLERS = ("euler", "heun", "dpm_2", "dpmpp_2m", "dpmpp_3m", "unipc", "ipndm", "plms", "ghvb", "momentum",
-                     "nesterov", "dpmpp_2m_momentum", "eps_scaling", "ema_x0")
+# Every registered sampler is differentiable in its sigmas, stochastic ones with their noise fixed by the seeds
+# (tests/test_sampler_gradients.py checks each against finite differences); a sampler of one's own whose loop
+# turns the sigmas into python floats has no graph and is refused below.
 F64 = torch.float64
 
 
@@ -75,8 +74,8 @@ def learn_gradient(sampler: str, model, x_train: torch.Tensor, target_train: tor
         sigmas = sigmas_from_logits(logits, ends)
         loss = mse(samplers.sample(sampler, model, x_train, sigmas, seeds=seeds_train, **hparams), target_train)
         if not loss.requires_grad:
-            raise ValueError(f"sampler {sampler!r} does not carry gradients to its sigmas; use method=dp "
-                             f"(differentiable: {list(VERIFIED_SAMPLERS)})")
+            raise ValueError(f"sampler {sampler!r} does not carry gradients to its sigmas (its loop turns them into "
+                             "python floats; samplers.core.steps keeps them in the graph); use method=dp")
         if not bool(torch.isfinite(loss)):
             break
         loss.backward()

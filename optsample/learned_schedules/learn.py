@@ -16,12 +16,14 @@ import torch
 from .. import samplers, schedules
 from . import dp as dp_method
 from . import gradient as gradient_method
+from . import parametric as optuna_method
 from .files import validate_sigmas
 from .problem import Ends, ExactTeacher, mse, steps_for_budget, tuning_noise
 
-METHODS = ("dp", "gradient")
+METHODS = ("dp", "gradient", "optuna")
 DP_OPTIONS = {"cost": "oss", "history": "exact", "grid_size": 40, "grid_rho": 7.0, "coeff": 1.15}
 GRADIENT_OPTIONS = {"iters": 60, "lr": 0.01, "momentum": 0.9, "val_fraction": 0.25, "init_rho": 7.0}
+OPTUNA_OPTIONS = optuna_method.OPTIONS
 
 
 @dataclass
@@ -32,7 +34,7 @@ class Learned:
 
 def method_options(method: str, options: dict | None) -> dict:
     """The method's options with defaults filled in; unknown ones raise naming them."""
-    defaults = {"dp": DP_OPTIONS, "gradient": GRADIENT_OPTIONS}.get(method)
+    defaults = {"dp": DP_OPTIONS, "gradient": GRADIENT_OPTIONS, "optuna": OPTUNA_OPTIONS}.get(method)
     if defaults is None:
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
     options = dict(options or {})
@@ -45,6 +47,8 @@ def method_options(method: str, options: dict | None) -> dict:
             raise ValueError(f"cost must be one of {list(dp_method.COSTS)}, got {merged['cost']!r}")
         if merged["history"] not in dp_method.HISTORIES:
             raise ValueError(f"history must be one of {list(dp_method.HISTORIES)}, got {merged['history']!r}")
+    elif method == "optuna":
+        optuna_method.check_options(merged)
     elif not 0 < merged["val_fraction"] < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {merged['val_fraction']!r}")
     return merged
@@ -62,6 +66,9 @@ def learn(model, sampler: str, nfe: int, sample_shape, *, method: str = "dp", hp
     if method == "dp":
         grid = dp_method.make_grid(options["grid_size"], ends, options["grid_rho"])
         dp_method.check_budget(n_steps, grid)
+    elif method == "optuna":
+        optuna_method.search_space(options, ends)  # ranges within the ends: before any work
+        optuna_method.check_seeds(seeds, options)
     elif len(seeds) < 2:
         raise ValueError(f"method 'gradient' needs >= 2 tuning seeds (training and validation), got {seeds}")
     started = time.perf_counter()
@@ -79,6 +86,10 @@ def learn(model, sampler: str, nfe: int, sample_shape, *, method: str = "dp", hp
                                                  options["history"])
         sigmas = grid[path]
         info = {"grid_indices": path, "objective": objective}
+    elif method == "optuna":
+        target = teacher.states(model, x_start, [ends.sigma_max, 0.0])[-1]
+        sigmas, info = optuna_method.learn_parametric(sampler, model, x_start, target, seeds, n_steps, ends, options,
+                                                      hparams)
     else:
         target = teacher.states(model, x_start, [ends.sigma_max, 0.0])[-1]
         n_val = max(1, round(options["val_fraction"] * len(seeds)))

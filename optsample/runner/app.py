@@ -81,30 +81,38 @@ def schedule_kwargs(cfg: dict, model_args: dict) -> dict:
     return kwargs
 
 
+def _values_decide_steps(schedule_cfg: dict) -> bool:
+    """custom values, and a learned file unless ``interpolate`` (then steps / nfe decide, as for karras)."""
+    return schedule_cfg["name"] == "custom" or (schedule_cfg["name"] == "learned" and not schedule_cfg.get("interpolate"))
+
+
 def _resolve_schedule(cfg: dict, hparams: dict, model_args: dict) -> tuple[int | None, torch.Tensor, dict]:
     """(steps, sigmas, schedule kwargs) of the schedule that is run. With an NFE budget the step count is the
     largest whose NFE, measured on this very schedule (sigma range, family, final-sigma policy, restarts),
     fits the budget (core.steps_for_nfe); a budget that one step exceeds is a ConfigError."""
+    from ..learned_schedules.files import InterpolationWarning
     from ..samplers import BudgetError, measure_nfe, steps_for_nfe
 
     kwargs = schedule_kwargs(cfg, model_args)
     steps = cfg["steps"]
     if cfg["nfe"] is not None:
         _require(cfg["nfe"] >= 1, f"nfe must be >= 1, got {cfg['nfe']}")
-        if cfg["schedule"]["name"] in ("custom", "learned"):  # the values decide the steps; the budget is checked on them
+        if _values_decide_steps(cfg["schedule"]):  # the values decide the steps; the budget is checked on them
             sigmas = _make_sigmas(cfg, None, kwargs)
             nfe = measure_nfe(cfg["sampler"]["name"], len(sigmas) - 1, schedule=lambda n: sigmas, **hparams)
             _require(nfe <= cfg["nfe"], f"nfe: schedule={cfg['schedule']['name']} costs {nfe} evaluations with "
                      f"{cfg['sampler']['name']}, over the budget nfe={cfg['nfe']}")
             return len(sigmas) - 1, sigmas, kwargs
         try:
-            steps = steps_for_nfe(cfg["sampler"]["name"], cfg["nfe"], schedule=lambda n: _make_sigmas(cfg, n, kwargs),
-                                  **hparams)
+            with warnings.catch_warnings():  # the search's trial step counts: only the chosen one is warned about
+                warnings.simplefilter("ignore", InterpolationWarning)
+                steps = steps_for_nfe(cfg["sampler"]["name"], cfg["nfe"],
+                                      schedule=lambda n: _make_sigmas(cfg, n, kwargs), **hparams)
         except BudgetError as err:
             raise ConfigError(f"nfe: {err} (schedule={cfg['schedule']['name']})") from None
         except ValueError as err:
             raise ConfigError(f"sampler: {err}") from None
-    elif cfg["schedule"]["name"] in ("custom", "learned"):
+    elif _values_decide_steps(cfg["schedule"]):
         steps = None  # the values decide the step count (``steps`` is ignored)
     elif steps is None:
         raise ConfigError("give steps=<int> or nfe=<int>")
@@ -139,10 +147,13 @@ def hashed_config(cfg: dict) -> dict:
     for key in ("guidance", "task"):  # unguided runs keep the hashes they had before these groups existed
         if (kept.get(key) or {}).get("name", "none") == "none":
             kept.pop(key, None)
-    if kept.get("nfe") is not None or kept.get("schedule", {}).get("name") in ("custom", "learned"):
+    if kept.get("nfe") is not None or ("schedule" in kept and _values_decide_steps(kept["schedule"])):
         kept["steps"] = None
     if kept.get("chunk_size") is None:
         kept.pop("chunk_size", None)
+    if kept.get("schedule", {}).get("name") == "learned":  # transfer options added later: off keeps old hashes
+        kept["schedule"] = {k: v for k, v in kept["schedule"].items()
+                            if not (k == "interpolate" and v is False or k == "sigma_range" and v is None)}
     if isinstance(kept.get("metric"), dict) and kept["metric"].get("reference_stats") is None:
         kept["metric"] = {k: v for k, v in kept["metric"].items() if k != "reference_stats"}
     kept["code"] = code_revision(cfg["sampler"]["name"])
@@ -452,9 +463,11 @@ def _warn(what: str, err: Exception) -> None:
     warnings.warn(message, RuntimeWarning, stacklevel=2)
 
 
-def log_run(plan: RunPlan, metric_values: dict, samples, trajectory, run_dir: str, log_density=None) -> None:
+def log_run(plan: RunPlan, metric_values: dict, samples, trajectory, run_dir: str, log_density=None,
+            caption: str | None = None) -> None:
     """Hand the run to the configured logger (optsample.runner.loggers); a failing logger only warns.
-    ``log_density`` (the clean log-density of an analytic model) draws contours under the trajectories."""
+    ``log_density`` (the clean log-density of an analytic model) draws contours under the trajectories;
+    ``caption`` says what the samples' picture shows (a task's column order)."""
     logger_cfg = plan.cfg["logger"]
     if logger_cfg["name"] == "none":
         return
@@ -466,7 +479,8 @@ def log_run(plan: RunPlan, metric_values: dict, samples, trajectory, run_dir: st
             state_dir=_sweep_dir(),
         )
         try:
-            logger.log_run(results.flatten(plan.cfg), metric_values, samples, trajectory, log_density=log_density)
+            logger.log_run(results.flatten(plan.cfg), metric_values, samples, trajectory, log_density=log_density,
+                           caption=caption)
         finally:
             logger.finish()
     except Exception as err:  # noqa: BLE001  (a logger must never lose a finished run)
@@ -531,7 +545,7 @@ def execute(cfg: dict, *, job_num: int = 0, run_dir: str | None = None) -> dict:
     t_log = time.perf_counter()
     log_density = getattr(built.denoiser, "log_prob", None) if part.trajectory else None
     log_run(plan, metric_values, guidance_tasks.log_images(task, part.samples), part.trajectory,
-            run_dir or str(plan.results_dir), log_density)
+            run_dir or str(plan.results_dir), log_density, guidance_tasks.log_caption(task))
     total_s = time.perf_counter() - t_begin
     row.update({
         "time.build_s": build_s, "time.sample_s": part.sample_s, "time.score_s": score_s,

@@ -11,7 +11,11 @@ shipped model's unconditional branch (:mod:`optsample.zoo.digits.inverse`): ``di
 ``digits_inpaint90``, ``digits_box``, ``digits_sr2``, ``digits_sr4``, ``digits_blur`` (``task.sigma_y``
 0.05 by default; 0 too), whose logger picture is measurement | reconstruction | truth per sample; and
 ``digits_class``, class guidance with a guide and a separate judge classifier
-(:mod:`optsample.zoo.digits.class_guidance`). With a task, the ``model`` group is not used. Per-step guidance schedules (``dps``, ``adam_dps``, ``mpgd``) get the run's sigmas and the sampler's
+(:mod:`optsample.zoo.digits.class_guidance`); the published image tasks ``cat_sr4``, ``cat_sr16``, ``cat_deblur``,
+``cat_inpaint90``, ``cifar10_class`` (:mod:`optsample.integrations.diffusers.inverse_tasks`) and ``sd_colour``, the
+fast.ai deep dive's colour loss on Stable Diffusion's decoded estimate (:mod:`optsample.integrations.diffusers.guidance_task`),
+both task families (``register_family``). With a task, the ``model`` group is not used. Per-step guidance schedules
+(``dps``, ``adam_dps``, ``mpgd``) get the run's sigmas and the sampler's
 ``eta`` (0 for samplers without one: the Euler / DDIM step).
 """
 
@@ -26,6 +30,8 @@ import torch
 
 from ..guidance import LR_SCHEDULES, GMMInverse, LikelihoodScore, MeasurementLoss, guided
 from ..guidance import rules as guidance_rules
+from ..integrations.diffusers import inverse_tasks
+from ..integrations.diffusers import guidance_task as sd_guidance
 
 RULE_HPARAMS = ("beta", "beta1", "beta2", "eps", "by")
 
@@ -67,6 +73,11 @@ GUIDANCE_PRESETS = {
     "sign": _preset("sign", rule="sign", lr=0.03, lr_schedule="adam_dps"),
     "lion": _preset("lion", rule="lion", lr=0.03, lr_schedule="adam_dps", beta1=0.5, beta2=0.5),
     "normalised": _preset("normalised", rule="normalised", lr=0.3, lr_schedule="dps", by="rms"),
+    # The fast.ai deep dive's loss guidance (its 200 on every 5th step ~ 40 on every step), and rules on its gradient;
+    # adam's direction is ~1 per element (m / sqrt(v)), not |g|: its lr is a guess, not tuned here (no GPU, no weights).
+    "fastai": _preset("fastai", lr=40.0, lr_schedule="fastai", through="x0"),
+    "fastai_momentum": _preset("fastai_momentum", rule="momentum", lr=40.0, lr_schedule="fastai", through="x0", beta=0.5),
+    "fastai_adam": _preset("fastai_adam", rule="adam", lr=0.03, lr_schedule="fastai", through="x0", beta1=0.9, beta2=0.99),
 }
 
 
@@ -124,6 +135,20 @@ TASKS = {"none": TaskConfig, "gmm_inverse": GMMInverseTaskConfig, "digits_class"
          **{name: functools.partial(DigitsInverseTaskConfig, **kw) for name, kw in DIGITS_INVERSE.items()}}
 DIGITS_MODEL = {"name": "digits", "guidance": 0.0, "checkpoint": None}  # the unconditional (null-class) branch
 
+# Task families in other modules: each has TASKS (name -> config) and check(task), model_config(task),
+# prepare(cfg, task, built, guide, guidance) -> (BuiltModel, problem), metrics(problem, samples), log_images(problem, images).
+FAMILIES: dict = {}
+
+
+def register_family(family) -> None:
+    """Add a family's tasks to the task= group (one line per family below)."""
+    TASKS.update(family.TASKS)
+    FAMILIES.update(dict.fromkeys(family.TASKS, family))
+
+
+register_family(inverse_tasks)  # cat_sr4 / cat_sr16 / cat_deblur / cat_inpaint90 / cifar10_class (users' GPUs)
+register_family(sd_guidance)  # sd_colour: the fast.ai deep dive's colour loss on Stable Diffusion (users' GPUs)
+
 
 def register_configs(cs) -> None:
     """Store the guidance and task options in Hydra's ConfigStore."""
@@ -152,6 +177,9 @@ def is_digits(task: dict) -> bool:
 
 def model_config(cfg: dict) -> dict:
     """The model the run builds: the task's own for the digits tasks (its schedule range too), else cfg.model."""
+    task = _section(cfg, "task")
+    if task["name"] in FAMILIES:
+        return FAMILIES[task["name"]].model_config(task)
     return DIGITS_MODEL if is_digits(_section(cfg, "task")) else cfg["model"]
 
 
@@ -176,6 +204,8 @@ def check(cfg: dict) -> None:
     task, gcfg = _section(cfg, "task"), _section(cfg, "guidance")
     if task["name"] not in TASKS:
         raise ValueError(f"task {task['name']!r} is not one of {sorted(TASKS)}")
+    if task["name"] in FAMILIES:
+        FAMILIES[task["name"]].check(task)
     if is_digits(task) and task["name"] != "digits_class":
         if not task["sigma_y"] >= 0:
             raise ValueError(f"task.sigma_y must be >= 0, got {task['sigma_y']}")
@@ -231,6 +261,8 @@ def prepare(cfg: dict, built, sigmas: torch.Tensor, hparams: dict):
     task = _section(cfg, "task")
     if task["name"] == "none":
         return built, None
+    if task["name"] in FAMILIES:
+        return _prepare_family(FAMILIES[task["name"]], cfg, task, built, sigmas, hparams)
     if is_digits(task):
         return _prepare_digits(cfg, task, built, sigmas, hparams)
     problem = _gmm_problem(task["dim"], task["dim_y"], task["problem_seed"], task["sigma_y"])
@@ -249,6 +281,13 @@ def _guided(model, objective, gcfg: dict, sigmas, hparams: dict):
     return guided(model, objective, rule=gcfg["rule"], lr=gcfg["lr"], lr_schedule=gcfg["lr_schedule"],
                   lr_end=gcfg["lr_end"], sigma_max=float(sigmas[0]), sigma_min=float(sigmas[-2]),
                   sigmas=sigmas, eta=float(hparams.get("eta", 0.0)), **_rule_hparams(gcfg))
+
+
+def _prepare_family(family, cfg: dict, task: dict, built, sigmas, hparams):
+    gcfg = _section(cfg, "guidance")
+    guide = None if gcfg["name"] == "none" else functools.partial(_guided, gcfg=gcfg, sigmas=sigmas, hparams=hparams)
+    model, problem = family.prepare(cfg, task, built, guide, gcfg)
+    return model, PreparedTask(problem, task)
 
 
 def _sample_index(indices: list) -> dict:
@@ -291,6 +330,8 @@ def _prepare_digits_class(cfg: dict, task: dict, built, sigmas, hparams):
 
 def log_images(prepared: PreparedTask | None, images: torch.Tensor) -> torch.Tensor:
     """What the logger shows: for the digits inverse tasks measurement | reconstruction | truth per sample."""
+    if prepared is not None and prepared.cfg["name"] in FAMILIES:
+        return FAMILIES[prepared.cfg["name"]].log_images(prepared.problem, images)
     if prepared is None or not is_digits(prepared.cfg) or prepared.cfg["name"] == "digits_class":
         return images
     from ..zoo.digits import inverse
@@ -298,11 +339,25 @@ def log_images(prepared: PreparedTask | None, images: torch.Tensor) -> torch.Ten
     return inverse.side_by_side(prepared.problem, images)
 
 
+def log_caption(prepared: PreparedTask | None) -> str | None:
+    """What the logger's picture shows, in its column order: a family's ``caption(problem)`` if it has one."""
+    if prepared is None:
+        return None
+    name = prepared.cfg["name"]
+    if name in FAMILIES:
+        return FAMILIES[name].caption(prepared.problem) if hasattr(FAMILIES[name], "caption") else None
+    if is_digits(prepared.cfg) and name != "digits_class":
+        return f"each sample: measurement | reconstruction | truth (task {name})"
+    return f"samples (task {name})"
+
+
 def task_metrics(prepared: PreparedTask | None, samples: torch.Tensor) -> dict[str, float]:
     """The task's metrics for the row: sliced W2 to exact posterior samples, its floor and ratio, posterior-mean
     error, component-weight TV, 90 % credible-interval coverage, DPS-gradient cosine per sigma."""
     if prepared is None:
         return {}
+    if prepared.cfg["name"] in FAMILIES:
+        return FAMILIES[prepared.cfg["name"]].metrics(prepared.problem, samples)
     if prepared.cfg["name"] == "digits_class":
         from ..zoo.digits import class_guidance
 

@@ -1,7 +1,8 @@
 """Run loggers: W&B (offline by default: no account needed; ``mode: online`` syncs), CSV, none.
 
 ``make_logger(cfg_logger, project=, group=, name=, run_dir=)`` returns an object with
-``log_run(config, metrics, samples, trajectory)`` and ``finish()``; ``log_sweep_table`` logs all rows
+``log_run(config, metrics, samples, trajectory, caption=)`` and ``finish()`` (``caption`` says what the samples'
+picture shows: a task's measurement | reconstruction | truth columns); ``log_sweep_table`` logs all rows
 of a sweep at its end. ``cfg_logger["kind"]`` (or ``["name"]``, the runner's config field) picks
 "wandb", "csv" or "none". A W&B failure (no network, bad key, ...) warns and the run goes on.
 
@@ -146,7 +147,7 @@ class NoneLogger:
     """Logs nothing."""
 
     def log_run(self, config: dict, metrics: dict, samples: torch.Tensor | None = None,
-                trajectory: list[torch.Tensor] | None = None, *, log_density=None) -> None:
+                trajectory: list[torch.Tensor] | None = None, *, log_density=None, caption: str | None = None) -> None:
         pass
 
     def finish(self) -> None:
@@ -155,13 +156,13 @@ class NoneLogger:
 
 class CsvLogger:
     """Appends one row (flattened config + metrics) to ``<run_dir>/log.csv`` and saves the pictures as
-    ``samples.png`` / ``trajectory.png`` next to it."""
+    ``samples.png`` / ``trajectory.png`` next to it (the samples' caption in ``samples.txt``)."""
 
     def __init__(self, run_dir: str):
         self.run_dir = Path(run_dir)
 
     def log_run(self, config: dict, metrics: dict, samples: torch.Tensor | None = None,
-                trajectory: list[torch.Tensor] | None = None, *, log_density=None) -> None:
+                trajectory: list[torch.Tensor] | None = None, *, log_density=None, caption: str | None = None) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         row = {**_flatten(config), **{f"metric.{k.removeprefix('metric.')}": v for k, v in metrics.items()}}
         path = self.run_dir / "log.csv"
@@ -177,6 +178,8 @@ class CsvLogger:
         picture = sample_picture(samples) if samples is not None else None
         if picture is not None:
             _save_png(picture, self.run_dir / "samples.png")
+            if caption:
+                (self.run_dir / "samples.txt").write_text(caption + "\n", encoding="utf-8")
         if _is_2d_path(trajectory):
             _save_png(trajectory_plot(trajectory, log_density), self.run_dir / "trajectory.png")
 
@@ -227,10 +230,11 @@ class WandbLogger:
             self.run = None
 
     def log_run(self, config: dict, metrics: dict, samples: torch.Tensor | None = None,
-                trajectory: list[torch.Tensor] | None = None, *, log_density=None) -> None:
-        self._guard("log", lambda: self._log(config, metrics, samples, trajectory, log_density))
+                trajectory: list[torch.Tensor] | None = None, *, log_density=None, caption: str | None = None) -> None:
+        """``caption``: what the samples' picture shows, e.g. a task's "measurement | reconstruction | truth"."""
+        self._guard("log", lambda: self._log(config, metrics, samples, trajectory, log_density, caption))
 
-    def _log(self, config, metrics, samples, trajectory, log_density):
+    def _log(self, config, metrics, samples, trajectory, log_density, caption=None):
         import wandb
 
         self.run.config.update(config, allow_val_change=True)
@@ -238,7 +242,7 @@ class WandbLogger:
         if self.cfg.get("log_samples", True):
             picture = sample_picture(samples) if samples is not None else None
             if picture is not None:
-                payload["samples"] = wandb.Image(picture)
+                payload["samples"] = wandb.Image(picture, caption=caption)
             if _is_2d_path(trajectory):
                 payload["trajectory"] = wandb.Image(trajectory_plot(trajectory, log_density))
         self.run.log(payload)

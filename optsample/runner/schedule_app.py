@@ -2,6 +2,7 @@
 
     optsample-schedule model=gmm64 sampler=dpmpp_2m nfe=6 method=dp out=schedules/gmm64_dpmpp_2m_nfe6.json
     optsample-schedule model=gmm64 sampler=unipc nfe=5 method=gradient gradient.iters=80 out=unipc5.json
+    optsample-schedule model=gmm64 sampler=euler nfe=6 method=optuna optuna.trials=64 'optuna.rho_range=[1,12]' out=e6.json
     optsample-run model=gmm64 sampler=dpmpp_2m nfe=6 schedule=learned schedule.path=schedules/gmm64_dpmpp_2m_nfe6.json
 
 The ``model`` and ``sampler`` groups are the runner's (optsample/config.py). Tuning noise: seeds
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, List, Optional
 
 import torch
 from omegaconf import MISSING
@@ -24,7 +25,9 @@ from optsample.runner import config as C
 from optsample import samplers
 from optsample.runner import app as R
 from optsample.learned_schedules import files
-from optsample.learned_schedules.learn import DP_OPTIONS, GRADIENT_OPTIONS, METHODS, learn, method_options
+from optsample.learned_schedules import parametric
+from optsample.learned_schedules.learn import (DP_OPTIONS, GRADIENT_OPTIONS, METHODS, OPTUNA_OPTIONS, learn,
+                                               method_options)
 from optsample.learned_schedules.problem import Ends, make_teacher, steps_for_budget
 
 log = logging.getLogger("optsample.schedule")
@@ -50,6 +53,19 @@ class GradientOptions:
 
 
 @dataclass
+class OptunaOptions:
+    """Karras (rho, sigma_min[, sigma_max]) tuned by Optuna TPE (optsample/learned_schedules/parametric.py)."""
+
+    trials: int = OPTUNA_OPTIONS["trials"]
+    seed: int = OPTUNA_OPTIONS["seed"]  # the TPE sampler's seed: the same seed gives the same schedule
+    startup_trials: int = OPTUNA_OPTIONS["startup_trials"]  # random trials before TPE (trial 0: default Karras)
+    rho_range: List[float] = field(default_factory=lambda: list(OPTUNA_OPTIONS["rho_range"]))  # log-uniform
+    sigma_min_range: Optional[List[float]] = None  # log-uniform; None: [sigma_min, 0.5]
+    sigma_max_range: Optional[List[float]] = None  # log-uniform, <= sigma_max; None: fixed to sigma_max
+    val_fraction: float = OPTUNA_OPTIONS["val_fraction"]  # held out of the trials, reported; 0: none
+
+
+@dataclass
 class TeacherOptions:
     name: str = "auto"  # auto | exact_ode | solver
     sampler: str = "ipndm"  # solver only
@@ -62,7 +78,7 @@ class ScheduleAppConfig:
     model: Any = MISSING
     sampler: Any = MISSING
     nfe: int = 6
-    method: str = "dp"  # dp | gradient
+    method: str = "dp"  # dp | gradient | optuna
     out: str = MISSING
     seed: int = 1
     n_samples: int = 64
@@ -70,6 +86,7 @@ class ScheduleAppConfig:
     sigma_min: float = 0.002
     dp: DPOptions = field(default_factory=DPOptions)
     gradient: GradientOptions = field(default_factory=GradientOptions)
+    optuna: OptunaOptions = field(default_factory=OptunaOptions)
     teacher: TeacherOptions = field(default_factory=TeacherOptions)
 
 
@@ -83,6 +100,9 @@ def plan(cfg: dict) -> dict:
     try:
         ends = Ends(cfg["sigma_max"], cfg["sigma_min"])
         options = method_options(cfg["method"], cfg[cfg["method"]])
+        if cfg["method"] == "optuna":
+            parametric.search_space(options, ends)
+            parametric.check_seeds(list(range(cfg["n_samples"])), options)
         steps_for_budget(cfg["sampler"]["name"], cfg["nfe"], C.sampler_hparams(cfg["sampler"]), ends)
         if cfg["teacher"]["name"] != "exact_ode":
             samplers.get(cfg["teacher"]["sampler"])  # the solver teacher's sampler exists

@@ -27,6 +27,16 @@ re-run steps of a warm restart) or above the schedule (churn at sigma_max): :cla
 fresh noise from the run's stream instead of the path's, since the process needs new noise there. So a
 path sampler drives every step of a sample's first pass through the schedule, and every request is
 independent of every other that the process needs independent.
+
+Sigmas that carry gradients (a schedule learned by backpropagation, optsample/learned_schedules/gradient.py):
+every sampler's output is then a differentiable function of the sigmas, with the noise held fixed as
+standardised draws z (the reparameterisation x + std(sigmas) z). A stream's z does not depend on the sigmas
+at all, so for fixed seeds the gradient is the exact derivative of the run (tests/test_sampler_gradients.py
+checks it against finite differences for every registered sampler). A path's z does: (W(s) - W(s')) /
+sqrt(|s - s'|) moves with s, and a Brownian path has no derivative in time (torchsde also reads the times as
+python floats, so its values carry no gradient); :class:`PathNoise` therefore hands the path detached floats
+and the gradient treats the path's standardised increments as fixed, i.e. it is the derivative of the run
+that replays those z's, not of the run that re-draws the path at the moved sigmas.
 """
 
 from __future__ import annotations
@@ -183,14 +193,20 @@ def steps(sigmas: torch.Tensor) -> Iterator[tuple[int, float, float]]:
     autograd graph; the samplers' scalar arithmetic then goes through :func:`log`, :func:`exp`, ...
     below, which take either. The ordinary path (no grad) is unchanged: one ``tolist``.
     """
-    if sigmas.requires_grad:
-        return ((i, sigmas[i], sigmas[i + 1]) for i in range(len(sigmas) - 1))
-    values = sigmas.tolist()
+    values = sigma_values(sigmas)
     return ((i, values[i], values[i + 1]) for i in range(len(values) - 1))
+
+
+def sigma_values(sigmas: torch.Tensor) -> list:
+    """The entries of a sigma array as python floats (one ``tolist``), or as 0-dim tensors that stay in the
+    autograd graph when ``sigmas`` requires grad (see :func:`steps`)."""
+    return list(sigmas.unbind()) if sigmas.requires_grad else sigmas.tolist()
 
 
 def _scalar_fn(math_fn: Callable, torch_fn: Callable) -> Callable:
     def apply(value):
+        if type(value) is float:  # the ordinary path first: isinstance(x, torch.Tensor) costs ~0.3 us (torch's metaclass)
+            return math_fn(value)
         return torch_fn(value) if isinstance(value, torch.Tensor) else math_fn(value)
 
     apply.__name__ = math_fn.__name__
@@ -222,8 +238,10 @@ def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[f
     """
     if not eta or sigma_next == 0:
         return sigma_next, 0.0
-    sigma_up = min(sigma_next, eta * math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2))
-    sigma_down = math.sqrt(sigma_next**2 - sigma_up**2)
+    sigma_up = min(sigma_next, eta * sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2))
+    if sigma_up is sigma_next:  # clipped (eta > 1 can ask for more): sigma_down = sqrt(0) = 0, derivative 0, not NaN
+        return 0.0, sigma_up
+    sigma_down = sqrt(sigma_next**2 - sigma_up**2)
     return sigma_down, sigma_up
 
 
@@ -245,7 +263,7 @@ def churn(x, sigma: float, n_steps: int, noise_sampler, s_churn: float, s_tmin: 
     if gamma <= 0:
         return x, sigma
     sigma_hat = sigma * (gamma + 1)
-    return add_noise(x, noise_sampler, sigma_hat, sigma, math.sqrt(sigma_hat**2 - sigma**2), s_noise), sigma_hat
+    return add_noise(x, noise_sampler, sigma_hat, sigma, sqrt(sigma_hat**2 - sigma**2), s_noise), sigma_hat
 
 
 # ----------------------------------------------------------------------------------------------
@@ -268,12 +286,19 @@ class PathNoise:
         self.served: list[tuple[float, float]] = []  # disjoint (low, high) intervals taken from the path
 
     def __call__(self, sigma: float, sigma_next: float) -> torch.Tensor:
+        # sigmas that carry gradients (0-dim tensors): the increments are held fixed (module doc)
+        sigma, sigma_next = _value(sigma), _value(sigma_next)
         low, high = sorted((float(sigma), float(sigma_next)))
         inside = self.sigma_low <= low < high <= self.sigma_high
         if inside and not any(low < b and a < high for a, b in self.served):  # touching ends do not overlap
             self.served.append((low, high))
             return self.path(sigma, sigma_next)
         return self.fresh(sigma, sigma_next)
+
+
+def _value(sigma: float | torch.Tensor) -> float:
+    """A python float for a sigma, detached from any autograd graph."""
+    return sigma.item() if isinstance(sigma, torch.Tensor) else sigma
 
 
 def run_noise(noise_sampler: Callable | None, x: torch.Tensor, sigmas: torch.Tensor, seeds) -> Callable:

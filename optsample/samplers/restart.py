@@ -13,14 +13,13 @@ scalars so a Hydra sweep can vary each one.
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Annotated
 
 import torch
 
 from .classic import heun_correction
-from .core import euler_step, report_step, steps, to_d
+from .core import euler_step, report_step, sqrt, steps, to_d
 from .registry import Positive, Range, register
 
 RESTART_RHO = 7.0  # the inner grid is EDM's (Karras et al. 2022, eq. 5), as in the paper's experiments
@@ -101,7 +100,7 @@ def restart(model, x, sigmas, *, callback, noise_sampler, restart_t_min: Positiv
 
 def _restart_passes(model, x, t_min: float, t_max: float, k: int, n_steps: int, noise_sampler, s_noise: float):
     """restart_k times: forward jump t_min -> t_max, then Heun back to t_min (Xu et al. 2023, Alg. 1)."""
-    jump_std = math.sqrt(t_max**2 - t_min**2) * s_noise
+    jump_std = sqrt(t_max**2 - t_min**2) * s_noise
     grid = karras_grid(n_steps, t_min, t_max)
     for _ in range(k):
         x = x + noise_sampler(t_min, t_max) * jump_std

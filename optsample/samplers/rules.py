@@ -27,7 +27,7 @@ import math
 from typing import Annotated, Callable
 
 from . import transforms as T
-from .core import add_noise, churn, euler_step, steps, to_d
+from .core import add_noise, churn, euler_step, sigma_values, sqrt, steps, to_d
 from .registry import Choice, Decay, NonNegative, Positive, Range, register
 
 Rescale = Annotated[str, Choice(*T.RESCALE_MODES)]
@@ -72,7 +72,8 @@ def step_plan(sigmas, restart_count: int, restart_sigma_min: float, restart_sigm
             f"at or below restart_sigma_min; sigmas are {[round(s, 6) for s in values]}"
         )
     segment = plan[high:low]
-    jump = [("restart", None, values[low], values[high])]
+    points = sigma_values(sigmas)  # the jump's ends stay in the graph when the sigmas carry gradients
+    jump = [("restart", None, points[low], points[high])]
     return plan[:low] + (jump + segment) * restart_count + plan[low:]
 
 
@@ -88,7 +89,7 @@ def run_rule(model, x, sigmas, rule: T.Rule, *, callback, noise_sampler, lr_sche
     i = 0
     for kind, index, sigma, sigma_next in plan:
         if kind == "restart":  # Restart sampling's forward jump (Xu et al. 2023, Alg. 1, line 4)
-            x = add_noise(x, noise_sampler, sigma_next, sigma, math.sqrt(sigma_next**2 - sigma**2))
+            x = add_noise(x, noise_sampler, sigma_next, sigma, sqrt(sigma_next**2 - sigma**2))
             state = rule.init(x)
             continue
         x, sigma_hat = churn(x, sigma, n_steps, noise_sampler, langevin_churn, langevin_tmin, langevin_tmax, langevin_noise)

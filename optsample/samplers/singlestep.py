@@ -12,12 +12,11 @@ interpolates between the iterate and that point, and the second evaluation is an
 
 from __future__ import annotations
 
-import math
 from typing import Annotated
 
 import torch
 
-from .core import add_noise, ancestral_step, euler_step, exp, log, report_step, steps, to_d
+from .core import add_noise, ancestral_step, euler_step, exp, log, report_step, sqrt, steps, to_d
 from .registry import NonNegative, Range, register
 
 
@@ -49,7 +48,7 @@ def _brownian_increments(noise_sampler, sigma: float, sigma_mid: float, sigma_ne
     """
     first = noise_sampler(sigma, sigma_mid)
     second = noise_sampler(sigma_mid, sigma_next)
-    whole = (math.sqrt(sigma - sigma_mid) * first + math.sqrt(sigma_mid - sigma_next) * second) / math.sqrt(sigma - sigma_next)
+    whole = (sqrt(sigma - sigma_mid) * first + sqrt(sigma_mid - sigma_next) * second) / sqrt(sigma - sigma_next)
     return first, whole
 
 

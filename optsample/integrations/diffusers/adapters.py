@@ -239,16 +239,20 @@ class StableDiffusionDenoiser(Float64Schedule, DiscreteVPDenoiser):
         z = posterior.sample(generator) if sample else posterior.mode()
         return (z - self.latent_shift) * self.latent_scale
 
+    def vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> images, about [-1, 1] and not clipped, differentiable (``vae.decode(z / scaling_factor +
+        shift)``, diffusers ``StableDiffusionPipeline``): the decoder a loss on decoded images takes its gradient
+        through (:class:`optsample.guidance.DecodedLoss`). In the latents' dtype."""
+        vae_dtype = next(self.vae.parameters()).dtype
+        images = self.vae.decode((latents / self.latent_scale + self.latent_shift).to(vae_dtype), return_dict=False)[0]
+        return images.to(latents.dtype)
+
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-        """Latents -> images in [-1, 1] (``vae.decode(z / scaling_factor + shift)``, clipped as the pipeline's
-        postprocess), in batches of ``batch_size`` to bound memory."""
-        vae_dtype = next(self.vae.parameters()).dtype
-        images = [
-            self.vae.decode((chunk / self.latent_scale + self.latent_shift).to(vae_dtype), return_dict=False)[0]
-            for chunk in latents.split(batch_size)
-        ]
-        return torch.cat(images).float().clamp(-1, 1)
+        """Latents -> images in [-1, 1] (:meth:`vae_decode`, clipped as the pipeline's postprocess), float32, in
+        batches of ``batch_size`` to bound memory."""
+        images = [self.vae_decode(chunk).float() for chunk in latents.split(batch_size)]
+        return torch.cat(images).clamp(-1, 1)
 
     def img2img_start(self, images: torch.Tensor, sigmas: torch.Tensor, strength: float, noise: torch.Tensor | None = None,
                       generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
