@@ -55,12 +55,19 @@ NFES = (4, 5, 6, 8, 10)
 TUNING_SEED, REPORTING_SEEDS = 1, (2, 3, 4)
 ENDS = Ends()  # sigma in [0.002, 80] for all three models (EDM's range)
 BASELINES = ("karras", "karras_tuned", "ays")
-# label -> (learn() method, options); "dp"'s grid_size is per model (ModelSpec.grid).
+# label -> (learn() method, options, labels whose learned schedules of the same cell are extra gradient starts);
+# "dp"'s grid_size is per model (ModelSpec.grid). The default --methods are the first three.
 LEARNED = {
-    "dp": ("dp", {}),
-    "gradient": ("gradient", {"iters": 60}),
-    "optuna": ("optuna", {}),
+    "dp": ("dp", {}, ()),
+    "gradient": ("gradient", {"iters": 60}, ()),
+    "optuna": ("optuna", {}, ()),
+    # ls-target's improved descent (results/learned_schedules/target): restarts from four Karras curves and from
+    # this cell's dp and optuna schedules, 100 steps, cosine lr; best start on the validation seeds.
+    "gradient+restarts": ("gradient", {"iters": 100, "lr_schedule": "cosine", "init_rho": [3.0, 7.0],
+                                       "init_sigma_min": [None, 0.05]}, ("dp", "optuna")),
+    "dp+beam4": ("dp", {"beam": 4}, ()),
 }
+DEFAULT_METHODS = ("dp", "gradient", "optuna")
 
 
 @dataclass(frozen=True)
@@ -183,16 +190,12 @@ def tuned_karras(model: str, sampler: str, nfe: int) -> dict | None:
 
 
 def ays_mapped(n_steps: int, ends: Ends = ENDS) -> torch.Tensor:
-    """schedules.ays(n, "sd15") mapped onto [sigma_min, sigma_max] affinely in log sigma (the table's ends onto
-    the range's ends). Log-linear interpolation commutes with an affine map of log sigma, so this is also the
-    mapped table interpolated."""
+    """schedules.ays(n, "sd15") moved onto [sigma_min, sigma_max] affinely in log sigma (files.map_sigma_range: the
+    table's ends onto the range's ends). Log-linear interpolation commutes with an affine map of log sigma, so
+    this is also the mapped table interpolated to n points."""
     table = schedules.AYS_SIGMAS["sd15"]
-    low, high = math.log(table[-1]), math.log(table[0])
-    log_sd = schedules.ays(n_steps, "sd15")[:-1].log()
-    fraction = (log_sd - low) / (high - low)
-    points = torch.exp(math.log(ends.sigma_min) + fraction * (math.log(ends.sigma_max) - math.log(ends.sigma_min)))
-    points[0] = ends.sigma_max
-    return torch.cat([points, points.new_zeros(1)])
+    return files.map_sigma_range(schedules.ays(n_steps, "sd15"), (table[-1], table[0]),
+                                 (ends.sigma_min, ends.sigma_max))
 
 
 def baseline(name: str, spec: ModelSpec, sampler: str, nfe: int) -> torch.Tensor | None:
@@ -209,9 +212,16 @@ def learned_path(out: Path, model: str, sampler: str, nfe: int, label: str) -> P
     return out / "schedules" / f"{model}_{sampler}_nfe{nfe}_{label}.json"
 
 
-def method_request(label: str, spec: ModelSpec) -> tuple[str, dict]:
-    method, options = LEARNED[label]
-    return method, ({"grid_size": spec.grid, **options} if method == "dp" else dict(options))
+def method_request(label: str, spec: ModelSpec, out: Path, sampler: str, nfe: int) -> tuple[str, dict] | None:
+    """learn()'s method and options for this cell (None if a schedule it starts from is not learned yet)."""
+    method, options, starts = LEARNED[label]
+    options = {"grid_size": spec.grid, **options} if method == "dp" else dict(options)
+    if starts:
+        paths = [learned_path(out, spec.name, sampler, nfe, start) for start in starts]
+        if not all(path.exists() for path in paths):
+            return None
+        options["init_schedules"] = [files.load(path).sigmas.tolist() for path in paths]
+    return method, options
 
 
 def fresh(provenance: dict, method: str, options: dict, seeds: list, teacher) -> str | None:
@@ -231,7 +241,11 @@ def fresh(provenance: dict, method: str, options: dict, seeds: list, teacher) ->
 
 def learned_cell(out, spec, model, shape, teacher, sampler, nfe, label, n_tune, budget):
     """The cached or newly learned sigmas of one cell (None if its method is not in this library yet)."""
-    method, options = method_request(label, spec)
+    request = method_request(label, spec, out, sampler, nfe)
+    if request is None:
+        print(f"  skip {spec.name} {sampler} nfe={nfe} {label}: its starting schedules are not learned yet", flush=True)
+        return None
+    method, options = request
     path, seeds = learned_path(out, spec.name, sampler, nfe, label), sample_seeds(TUNING_SEED, n_tune)
     if path.exists():
         cached = files.load(path)
@@ -290,12 +304,14 @@ class Scorer:
 
 
 def score_cell(out, scorer, sampler, nfe, label, sigmas, source=None) -> dict:
-    """{seed: value} on the held-out seeds, cached with the sigmas (recomputed if they differ)."""
+    """{seed: value} on the held-out seeds, cached with the sigmas (recomputed if they differ beyond round-off)."""
     path = out / "scores" / scorer.spec.name / f"{sampler}_nfe{nfe}_{label}.json"
     values = [float(s) for s in sigmas]
     if path.exists():
         stored = json.loads(path.read_text())
-        if stored["sigmas"] == values and stored["n_report"] == scorer.spec.n_report:
+        same = len(stored["sigmas"]) == len(values) and all(
+            math.isclose(a, b, rel_tol=1e-12) for a, b in zip(stored["sigmas"], values))  # to round-off
+        if same and stored["n_report"] == scorer.spec.n_report:
             return {int(k): v for k, v in stored["values"].items()}
     started = time.process_time()
     result = {seed: scorer.score(sampler, sigmas, seed) for seed in REPORTING_SEEDS}
@@ -352,13 +368,6 @@ def transfer_sources(spec: ModelSpec, sampler: str, nfe: int, methods) -> list[t
     return out
 
 
-def interpolate(sigmas: torch.Tensor, n_steps: int):
-    """A learned schedule at another step count (log-linear in the step fraction, files.interpolate_steps = AYS's
-    loglinear_interp), if the library has it."""
-    helper = getattr(files, "interpolate_steps", None)
-    return helper(sigmas, n_steps) if helper is not None else None
-
-
 def transfer_cells(out, spec, scorer, args) -> None:
     for sampler in [s for s in spec.samplers if s in args.samplers]:
         for nfe in [n for n in spec.nfes if n in args.nfe]:
@@ -369,10 +378,8 @@ def transfer_cells(out, spec, scorer, args) -> None:
                 if not path.exists():
                     continue
                 sigmas = files.load(path).sigmas
-                if len(sigmas) - 1 != n_steps:
-                    sigmas = interpolate(sigmas, n_steps)
-                    if sigmas is None:
-                        continue
+                if len(sigmas) - 1 != n_steps:  # log-linear in the step fraction (AYS's loglinear_interp)
+                    sigmas = files.interpolate_steps(sigmas, n_steps)
                 score_cell(out, scorer, sampler, nfe, label, sigmas, str(path.relative_to(out)))
 
 
@@ -381,7 +388,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS))
     parser.add_argument("--nfe", nargs="+", type=int, default=list(NFES))
-    parser.add_argument("--methods", nargs="+", default=list(LEARNED))
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=list(LEARNED))
     parser.add_argument("--transfer-methods", nargs="*", default=["dp", "gradient"])
     parser.add_argument("--n-tune", type=int, default=64)
     parser.add_argument("--cpu-budget", type=float, default=math.inf, help="CPU-seconds of new learning, then stop")
