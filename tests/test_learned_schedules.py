@@ -292,6 +292,23 @@ def test_optsample_schedule_then_optsample_run_end_to_end(tmp_path):
         R.plan_run({**cfg, "nfe": 3})
 
 
+def test_schedule_app_writes_a_file_for_a_sampler_with_an_infinite_default(tmp_path):
+    """euler's s_tmax defaults to inf, which JSON cannot hold: the app used to fail at the write ("Out of range
+    float values are not JSON compliant: inf"); the file now records only non-default hyper-parameters, and the
+    runner accepts it for euler (defaults completed on both sides) and refuses it for euler with s_churn=1."""
+    from optsample.runner import app as R
+
+    written = _schedule_app(tmp_path, "model=gmm2d", "sampler=euler", "nfe=4", "method=dp", "n_samples=8",
+                            "dp.grid_size=8", "sampler.s_noise=1.5")
+    assert written.provenance["sampler"] == {"name": "euler", "hparams": {"s_noise": 1.5}}
+    cfg = _run("model=gmm2d", "sampler=euler", "sampler.s_noise=1.5", "nfe=4", "schedule=learned",
+               f"schedule.path={written.path}")
+    assert torch.equal(R.plan_run(cfg).sigmas, written.sigmas)
+    with pytest.raises(R.ConfigError, match="hyper-parameters"):
+        R.plan_run(_run("model=gmm2d", "sampler=euler", "sampler.s_churn=1", "nfe=4", "schedule=learned",
+                        f"schedule.path={written.path}"))
+
+
 def test_schedule_app_checks_before_building(tmp_path):
     from optsample.runner import app as R
 
@@ -382,3 +399,34 @@ def test_the_library_never_imports_the_runner():
     for path in Path(package.__file__).parent.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             assert not _optsample_modules(node) & runner, f"{path.name} imports the runner layer at line {node.lineno}"
+
+
+def test_dp_refuses_seed_restarting_options_for_a_stochastic_sampler():
+    """With cost=gits or history=none every one-step extension restarts the seeds' noise, so the DP's cost is not
+    the stochastic sampler's error (euler_ancestral: 4.07 vs 4.03 real, measured in the ls-samplers review); both
+    are refused before any model call, and cost=oss history=exact still runs."""
+    from optsample.learned_schedules.learn import learn
+    from optsample.models import GaussianMixture
+
+    gmm = GaussianMixture.random(dim=2, components=4, seed=0)
+    for options in ({"cost": "gits"}, {"history": "none"}):
+        with pytest.raises(ValueError, match="draws noise: method=dp needs cost=oss history=exact"):
+            learn(gmm, "euler_ancestral", 3, (2,), method="dp", seeds=range(4), options={"grid_size": 6, **options})
+    learned = learn(gmm, "euler_ancestral", 3, (2,), method="dp", seeds=range(4), options={"grid_size": 6})
+    assert learned.provenance["nfe_used"] == 3
+
+
+def test_warm_restarts_refused_by_dp_learned_by_gradient():
+    """sgd with restart_count=1: dp's one-step prefixes never reach the warm-restart range (it failed deep inside
+    with the rule loop's "restart needs schedule sigmas inside ..."), so it is refused up front by name; gradient
+    learns it, and nfe_used is measured on the learned sigmas (11 steps + the restart's re-evaluation = 12; the
+    dummy schedule used before failed with the same restart-range error)."""
+    from optsample.learned_schedules.learn import learn
+    from optsample.models import GaussianMixture
+
+    gmm = GaussianMixture.random(dim=2, components=4, seed=0)
+    with pytest.raises(ValueError, match="method=dp cannot learn a schedule for 'sgd' with restart_count=1"):
+        learn(gmm, "sgd", 12, (2,), method="dp", hparams={"restart_count": 1}, seeds=range(4))
+    learned = learn(gmm, "sgd", 12, (2,), method="gradient", hparams={"restart_count": 1}, seeds=range(8),
+                    options={"iters": 2})
+    assert (learned.provenance["steps"], learned.provenance["nfe_used"]) == (11, 12)

@@ -19,6 +19,8 @@ the teacher's states are known at every grid point, and a schedule of ``n`` step
   one-step extension from the stored state (the same for one-step samplers such as Euler). Like OSS this keeps
   one state per (k, j), a greedy choice: it is exact only when a better intermediate state never leads to a worse
   end (OSS uses the batch of one image; here the MSE is over the whole tuning batch, one schedule for all).
+  ``beam`` > 1 keeps the ``beam`` best states per (k, j) instead (a beam search over the same paths; beam 1 is
+  OSS's DP exactly).
 """
 
 from __future__ import annotations
@@ -98,19 +100,28 @@ def gits_path(costs: np.ndarray, n_steps: int, coeff: float = 1.0) -> tuple[list
 
 
 def oss_path(sampler: str, model, grid: torch.Tensor, teacher: torch.Tensor, x_start: torch.Tensor, n_steps: int,
-             hparams: dict | None = None, seeds=None, history: str = "exact") -> tuple[list[int], float]:
-    """OSS's DP of the module docstring; returns (path, MSE of the student's final state to the teacher's)."""
+             hparams: dict | None = None, seeds=None, history: str = "exact", beam: int = 1) -> tuple[list[int], float]:
+    """OSS's DP of the module docstring; returns (path, MSE of the student's final state to the teacher's).
+
+    ``beam`` = the number of states kept per (step count, landing point): the ``beam`` lowest-MSE distinct
+    paths, each extended (a beam search; 1 is OSS's single best state). With a multistep sampler a state that
+    is worse at j can end better (its history, its lower-order last steps), which one state per (k, j) misses;
+    a wider beam costs ``beam`` times the extensions."""
     if history not in HISTORIES:
         raise ValueError(f"history must be one of {list(HISTORIES)}, got {history!r}")
+    if isinstance(beam, bool) or not isinstance(beam, int) or beam < 1:
+        raise ValueError(f"beam must be an integer >= 1, got {beam!r}")
     hparams, last = dict(hparams or {}), len(grid) - 1
     check_budget(n_steps, grid)
     seeds = list(seeds) if seeds is not None else list(range(x_start.shape[0]))
-    best: dict[tuple[int, int], tuple[tuple, torch.Tensor, float]] = {}
+    # kept[(k, j)]: up to ``beam`` (path, state, cost), lowest cost first
+    kept: dict[tuple[int, int], list[tuple[tuple, torch.Tensor, float]]] = {}
     for k in range(1, n_steps + 1):
         targets = [last] if k == n_steps else range(k, last - (n_steps - k) + 1)
         for j in targets:
             sources = [(0, ((), x_start, 0.0))] if k == 1 else [
-                (i, best[(k - 1, i)]) for i in range(k - 1, j) if (k - 1, i) in best]
+                (i, entry) for i in range(k - 1, j) for entry in kept.get((k - 1, i), ())]
+            found: list[tuple[tuple, torch.Tensor, float]] = []
             for i, (path, state, _) in sources:
                 if history == "exact" or k == 1:
                     new_path = (*path, j) if path else (0, j)
@@ -118,10 +129,11 @@ def oss_path(sampler: str, model, grid: torch.Tensor, teacher: torch.Tensor, x_s
                 else:
                     new_path = (*path, j)
                     out = _run(sampler, model, state, grid[[i, j]], hparams, seeds)
-                cost = float(mse(out, teacher[j]))
-                if (k, j) not in best or cost < best[(k, j)][2]:
-                    best[(k, j)] = (new_path, out, cost)
-    path, _, cost = best[(n_steps, last)]
+                found.append((new_path, out, float(mse(out, teacher[j]))))
+            if found:
+                # stable: among equal costs the first found wins, as the single-state DP's strict "<" did
+                kept[(k, j)] = sorted(found, key=lambda entry: entry[2])[:beam]
+    path, _, cost = kept[(n_steps, last)][0]
     return list(path), cost
 
 

@@ -18,11 +18,15 @@ from . import dp as dp_method
 from . import gradient as gradient_method
 from . import parametric as optuna_method
 from .files import validate_sigmas
-from .problem import Ends, ExactTeacher, mse, steps_for_budget, tuning_noise
+from .problem import BudgetError, Ends, ExactTeacher, mse, steps_for_budget, tuning_noise
 
 METHODS = ("dp", "gradient", "optuna")
-DP_OPTIONS = {"cost": "oss", "history": "exact", "grid_size": 40, "grid_rho": 7.0, "coeff": 1.15}
-GRADIENT_OPTIONS = {"iters": 60, "lr": 0.01, "momentum": 0.9, "val_fraction": 0.25, "init_rho": 7.0}
+DP_OPTIONS = {"cost": "oss", "history": "exact", "grid_size": 40, "grid_rho": 7.0, "coeff": 1.15, "beam": 1}
+# init_rho / init_sigma_min: a number or a list (restarts from every Karras (rho, sigma_min) pair, the best on
+# validation kept; sigma_min None = ends.sigma_min); init_schedules: more initial sigma lists (e.g. a dp result).
+GRADIENT_OPTIONS = {"iters": 60, "lr": 0.01, "momentum": 0.9, "val_fraction": 0.25, "init_rho": 7.0,
+                    "init_sigma_min": None, "init_schedules": [], "ball_radius": 0.0, "ball_lr": None,
+                    "batch_size": None, "lr_schedule": "constant"}
 OPTUNA_OPTIONS = optuna_method.OPTIONS
 
 
@@ -47,11 +51,43 @@ def method_options(method: str, options: dict | None) -> dict:
             raise ValueError(f"cost must be one of {list(dp_method.COSTS)}, got {merged['cost']!r}")
         if merged["history"] not in dp_method.HISTORIES:
             raise ValueError(f"history must be one of {list(dp_method.HISTORIES)}, got {merged['history']!r}")
+        beam = merged["beam"]
+        if isinstance(beam, bool) or not isinstance(beam, int) or beam < 1:
+            raise ValueError(f"beam must be an integer >= 1, got {beam!r}")
     elif method == "optuna":
         optuna_method.check_options(merged)
-    elif not 0 < merged["val_fraction"] < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {merged['val_fraction']!r}")
+    else:
+        if not 0 < merged["val_fraction"] < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {merged['val_fraction']!r}")
+        gradient_method.check_options(**{k: merged[k] for k in ("iters", "lr", "ball_radius", "ball_lr",
+                                                                 "batch_size", "lr_schedule")})
+        for name in ("init_rho", "init_sigma_min"):
+            values = merged[name] if isinstance(merged[name], (list, tuple)) else [merged[name]]
+            if not values or not all(v is None and name == "init_sigma_min" or
+                                     isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values):
+                raise ValueError(f"{name} must be a number > 0 or a non-empty list of them, got {merged[name]!r}")
     return merged
+
+
+def gradient_inits(options: dict, n_steps: int, ends: Ends) -> list[torch.Tensor]:
+    """The initial schedules of method=gradient: Karras for every (init_rho, init_sigma_min) pair, then
+    init_schedules; each checked (length n_steps + 1, from sigma_max, strictly decreasing, to 0)."""
+    def as_list(value):
+        return list(value) if isinstance(value, (list, tuple)) else [value]
+
+    for sigma_min in as_list(options["init_sigma_min"]):
+        if sigma_min is not None and not ends.sigma_min <= sigma_min < ends.sigma_max:
+            raise ValueError(f"init_sigma_min must lie in [sigma_min, sigma_max) = [{ends.sigma_min}, {ends.sigma_max}), "
+                             f"got {sigma_min!r}")
+    inits = [schedules.karras(n_steps, ends.sigma_min if sigma_min is None else sigma_min, ends.sigma_max, rho)
+             for rho in as_list(options["init_rho"]) for sigma_min in as_list(options["init_sigma_min"])]
+    for k, given in enumerate(options["init_schedules"]):
+        sigmas = validate_sigmas(torch.as_tensor(given, dtype=torch.float64), f"init_schedules[{k}]", ends.sigma_max)
+        if len(sigmas) != n_steps + 1 or not ends.sigma_min <= float(sigmas[-2]):
+            raise ValueError(f"init_schedules[{k}] must have {n_steps + 1} sigmas (this budget's steps, then 0) with "
+                             f"its last positive sigma >= sigma_min={ends.sigma_min}, got {list(map(float, sigmas))}")
+        inits.append(sigmas)
+    return inits
 
 
 def learn(model, sampler: str, nfe: int, sample_shape, *, method: str = "dp", hparams: dict | None = None,
@@ -64,6 +100,14 @@ def learn(model, sampler: str, nfe: int, sample_shape, *, method: str = "dp", hp
     teacher = teacher if teacher is not None else ExactTeacher()
     seeds = [int(s) for s in seeds]
     if method == "dp":
+        if samplers.get(sampler).stochastic and (options["cost"] == "gits" or options["history"] == "none"):
+            raise ValueError(f"sampler {sampler!r} draws noise: method=dp needs cost=oss history=exact with it (the "
+                             f"other options restart the seeds' noise at every step, so their cost is not the "
+                             f"sampler's error); got cost={options['cost']!r} history={options['history']!r}")
+        if hparams.get("restart_count", 0):  # the rules' warm restarts need a sigma in their range at every prefix
+            raise ValueError(f"method=dp cannot learn a schedule for {sampler!r} with restart_count="
+                             f"{hparams['restart_count']}: its partial schedules miss the warm-restart range; "
+                             "use method=gradient or method=optuna")
         grid = dp_method.make_grid(options["grid_size"], ends, options["grid_rho"])
         dp_method.check_budget(n_steps, grid)
     elif method == "optuna":
@@ -73,7 +117,10 @@ def learn(model, sampler: str, nfe: int, sample_shape, *, method: str = "dp", hp
         raise ValueError(f"method 'gradient' needs >= 2 tuning seeds (training and validation), got {seeds}")
     started = time.perf_counter()
     x_start = tuning_noise(seeds, sample_shape, ends)
-    karras = schedules.karras(n_steps, ends.sigma_min, ends.sigma_max, options.get("init_rho", 7.0))
+    first_rho = options.get("init_rho", 7.0)
+    first_rho = first_rho[0] if isinstance(first_rho, (list, tuple)) else first_rho
+    karras = schedules.karras(n_steps, ends.sigma_min, ends.sigma_max, first_rho)
+    inits = gradient_inits(options, n_steps, ends) if method == "gradient" else []
     info: dict = {}
     if method == "dp":
         states = teacher.states(model, x_start, grid)
@@ -83,7 +130,7 @@ def learn(model, sampler: str, nfe: int, sample_shape, *, method: str = "dp", hp
             path, objective = dp_method.gits_path(costs, n_steps, options["coeff"])
         else:
             path, objective = dp_method.oss_path(sampler, model, grid, states, x_start, n_steps, hparams, seeds,
-                                                 options["history"])
+                                                 options["history"], options["beam"])
         sigmas = grid[path]
         info = {"grid_indices": path, "objective": objective}
     elif method == "optuna":
@@ -94,12 +141,15 @@ def learn(model, sampler: str, nfe: int, sample_shape, *, method: str = "dp", hp
         target = teacher.states(model, x_start, [ends.sigma_max, 0.0])[-1]
         n_val = max(1, round(options["val_fraction"] * len(seeds)))
         train, val = slice(0, len(seeds) - n_val), slice(len(seeds) - n_val, len(seeds))
-        sigmas, best_val, history = gradient_method.learn_gradient(
-            sampler, model, x_start[train], target[train], x_start[val], target[val], karras, ends, hparams=hparams,
+        sigmas, best_val, history, chosen, values = gradient_method.learn_gradient_restarts(
+            sampler, model, x_start[train], target[train], x_start[val], target[val], inits, ends, hparams=hparams,
             iters=options["iters"], lr=options["lr"], momentum=options["momentum"], seeds_train=seeds[train],
-            seeds_val=seeds[val])
+            seeds_val=seeds[val], ball_radius=options["ball_radius"], ball_lr=options["ball_lr"],
+            batch_size=options["batch_size"], lr_schedule=options["lr_schedule"])
         info = {"validation_seeds": seeds[val], "validation_mse": best_val, "iterations_run": len(history),
                 "train_mse_first_last": [history[0][0], history[-1][0]] if history else None}
+        if len(inits) > 1:
+            info.update(restart_chosen=chosen, restart_validation_mse=values)
     sigmas = validate_sigmas(sigmas, f"learned schedule ({method}, {sampler}, nfe={nfe})", ends.sigma_max)
     if float(sigmas[-2]) < ends.sigma_min * (1 - 1e-12):
         raise ValueError(f"learned schedule's last positive sigma {float(sigmas[-2])} is below sigma_min={ends.sigma_min}")
@@ -110,9 +160,12 @@ def learn(model, sampler: str, nfe: int, sample_shape, *, method: str = "dp", hp
 
         loss = {"rmse": rmse_of(sigmas), "rmse_karras_default": rmse_of(karras),
                 "on": "tuning seeds, RMSE to the teacher's final state"}
+    nfe_used = samplers.measure_nfe(sampler, n_steps, schedule=lambda n: sigmas, **hparams)  # on the learned sigmas
+    if nfe_used > nfe:
+        raise BudgetError(f"learned schedule costs {nfe_used} evaluations with {sampler!r}, over the budget nfe={nfe}")
     provenance = {
         "sampler": {"name": sampler, "hparams": hparams}, "nfe": nfe,
-        "nfe_used": samplers.measure_nfe(sampler, n_steps, **hparams), "steps": n_steps, "method": method,
+        "nfe_used": nfe_used, "steps": n_steps, "method": method,
         "method_options": options, "ends": {"sigma_max": ends.sigma_max, "sigma_min": ends.sigma_min, "final": "zero"},
         "teacher": teacher.describe(), "seeds": seeds, "loss": loss, "info": info,
         "seconds": round(time.perf_counter() - started, 3),

@@ -14,6 +14,7 @@ refinement (optsample/learned_schedules/problem.py). Everything is checked befor
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
@@ -41,6 +42,7 @@ class DPOptions:
     grid_size: int = DP_OPTIONS["grid_size"]
     grid_rho: float = DP_OPTIONS["grid_rho"]
     coeff: float = DP_OPTIONS["coeff"]  # gits only
+    beam: int = DP_OPTIONS["beam"]  # oss: the k best student states kept per (step, sigma); 1 = OSS
 
 
 @dataclass
@@ -49,7 +51,13 @@ class GradientOptions:
     lr: float = GRADIENT_OPTIONS["lr"]
     momentum: float = GRADIENT_OPTIONS["momentum"]
     val_fraction: float = GRADIENT_OPTIONS["val_fraction"]
-    init_rho: float = GRADIENT_OPTIONS["init_rho"]
+    init_rho: Any = GRADIENT_OPTIONS["init_rho"]  # a number, or a list: restarts from each Karras start
+    init_sigma_min: Any = GRADIENT_OPTIONS["init_sigma_min"]  # None: the ends' sigma_min; or a list
+    init_schedules: List[Any] = field(default_factory=list)  # more initial sigma lists (e.g. a dp result)
+    ball_radius: float = GRADIENT_OPTIONS["ball_radius"]  # LD3's relaxed start (0: the exact start)
+    ball_lr: Optional[float] = GRADIENT_OPTIONS["ball_lr"]  # None: LD3's 12 / steps
+    batch_size: Optional[int] = GRADIENT_OPTIONS["batch_size"]  # mini-batches of the training seeds; None: all
+    lr_schedule: str = GRADIENT_OPTIONS["lr_schedule"]  # constant | cosine
 
 
 @dataclass
@@ -134,6 +142,14 @@ def _teacher(cfg: dict, denoiser):
     return make_teacher(name, **(options if name == "solver" else {}))
 
 
+def _non_default(sampler: str, hparams: dict) -> dict:
+    """The hyper-parameters that differ from the sampler's defaults: the file's provenance names what was chosen
+    (files.check_provenance completes both sides with the defaults), and a default such as euler's s_tmax=inf,
+    which JSON cannot hold, is not written."""
+    defaults = dataclasses.asdict(samplers.get(sampler).make_params())
+    return {key: value for key, value in hparams.items() if key not in defaults or defaults[key] != value}
+
+
 def execute(cfg: dict) -> files.ScheduleFile:
     """Learn the schedule of a resolved config and write ``cfg["out"]``."""
     options = plan(cfg)
@@ -141,7 +157,7 @@ def execute(cfg: dict) -> files.ScheduleFile:
     if built.conditioning is not None or built.extra_args:
         raise R.ConfigError(f"model {cfg['model']['name']!r} needs conditioning; learned schedules take "
                             "unconditional models only for now")
-    hparams = C.sampler_hparams(cfg["sampler"])
+    hparams = _non_default(cfg["sampler"]["name"], C.sampler_hparams(cfg["sampler"]))
     seeds = R.sample_seeds(cfg["seed"], 0, cfg["n_samples"])
     result = learn(built.denoiser, cfg["sampler"]["name"], cfg["nfe"], built.sample_shape, method=cfg["method"],
                    hparams=hparams, seeds=seeds, ends=Ends(cfg["sigma_max"], cfg["sigma_min"]),
