@@ -81,7 +81,7 @@ def compact_table(stats: pd.DataFrame, floors: dict, nfe: int = 5) -> str:
     """The README's table: every model and sampler at one NFE, means only; learned / Optuna-tuned Karras, and for
     FID-digits the best schedule / floor."""
     here = stats[stats["nfe"] == nfe]
-    order = [s for s in ("karras", "optuna", "ays", "dp", "gradient") if s in set(here["schedule"])]
+    order = [s for s in ("karras", "optuna", "ays", "dp", "gradient", "gradient+restarts") if s in set(here["schedule"])]
     lines = ["| model (metric) | sampler | " + " | ".join(order) + " | best learned / optuna | best / floor |",
              "|---|---|" + "---:|" * (len(order) + 2)]
     for model in ("gmm64", "digits_empirical", "digits"):
