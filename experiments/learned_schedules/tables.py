@@ -184,7 +184,7 @@ def plot_sigmas(out: Path, nfe: int) -> None:
     samplers_all = sorted({s for m in models for s in cells[m]})
     fig, axes = plt.subplots(len(models), len(samplers_all), figsize=(3.2 * len(samplers_all), 2.9 * len(models)),
                              sharey=True, squeeze=False)
-    styles = {"karras": "k--o", "karras_tuned": "k:s", "optuna": "k:s", "ays": "-x", "dp": "-o", "gradient": "-^"}
+    styles = {"karras": "k--o", "karras_tuned": "k:s", "optuna": "m-.D", "ays": "-x", "dp": "-o", "gradient": "-^"}
     for r, model in enumerate(models):
         for c, sampler in enumerate(samplers_all):
             ax = axes[r][c]
