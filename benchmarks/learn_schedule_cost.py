@@ -59,7 +59,7 @@ def main() -> None:
                 ("gradient", {}, SolverTeacher("ipndm", substeps=args.gradient_substeps))]
         runs = [run for run in runs if args.methods is None or run[0] in args.methods]
     print(f"{args.model}, {args.sampler}, NFE {nfe}, {args.n_samples} tuning samples, torch threads {args.threads}")
-    print(f"{'method':22s} {'wall s':>7s} {'cpu s':>7s} {'RMSE':>7s} {'Karras':>7s}  sigmas")
+    print(f"{'method':24s} {'wall s':>7s} {'cpu s':>7s} {'RMSE':>7s} {'Karras':>7s}  sigmas")
     for method, options, teacher in runs:
         wall, cpu = time.perf_counter(), time.process_time()
         result = learn(model, args.sampler, nfe, shape, method=method, seeds=seeds, options=options, teacher=teacher)
@@ -68,7 +68,7 @@ def main() -> None:
         label = " ".join(f"{k}={v}" for k, v in options.items()) or "default options"
         label = f"{method} {label}"
         sigmas = " ".join(f"{float(s):.3g}" for s in result.sigmas)
-        print(f"{label:22s} {wall:7.1f} {cpu:7.1f} {loss['rmse']:7.4f} {loss['rmse_karras_default']:7.4f}  {sigmas}")
+        print(f"{label:24s} {wall:7.1f} {cpu:7.1f} {loss['rmse']:7.4f} {loss['rmse_karras_default']:7.4f}  {sigmas}")
 
 
 if __name__ == "__main__":
