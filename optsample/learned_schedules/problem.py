@@ -22,6 +22,7 @@ import torch
 from .. import reference, samplers, schedules
 
 F64 = torch.float64
+TAIL_SUBSTEPS, TAIL_STOP = 4, 1e-5  # SolverTeacher's last interval, to 0: 4x the sub-steps, down to 1e-5 of its start
 
 
 class BudgetError(samplers.BudgetError):
@@ -111,8 +112,8 @@ class ExactTeacher:
 @dataclass(frozen=True)
 class SolverTeacher:
     """A many-step solve with a high-order sampler: every interval of the requested sigmas split into
-    ``substeps`` geometric sub-steps (the last one, to 0, ends with ``substeps`` steps down to 1e-3 of its
-    start, then 0), solved once with ``substeps`` and once with ``2 * substeps``; refused (TeacherError) if the
+    ``substeps`` geometric sub-steps (the last one, to 0, with ``TAIL_SUBSTEPS * substeps`` steps down to
+    ``TAIL_STOP`` of its start, then 0), solved once with ``substeps`` and once with ``2 * substeps``; refused (TeacherError) if the
     two final states differ by more than ``tol`` relative RMSE. The finer solve is returned. (GITS's teacher is
     iPNDM on 61 points, OSS's 100-200 Euler steps; REFERENCES.md.)"""
 
@@ -131,8 +132,10 @@ class SolverTeacher:
     def _refine(sigmas: list[float], substeps: int) -> tuple[torch.Tensor, list[int]]:
         fine, where = [sigmas[0]], [0]
         for a, b in zip(sigmas, sigmas[1:]):
-            stop = b if b > 0 else a * 1e-3
-            fine += [a * (stop / a) ** (t / substeps) for t in range(1, substeps + 1)]
+            # to 0: TAIL_SUBSTEPS x the sub-steps down to a * TAIL_STOP, then 0, so that a request of [sigma_max, 0]
+            # alone (gradient, optuna) is a many-step solve too (it was 8 steps to sigma_max / 1000, then a jump)
+            stop, count = (b, substeps) if b > 0 else (a * TAIL_STOP, TAIL_SUBSTEPS * substeps)
+            fine += [a * (stop / a) ** (t / count) for t in range(1, count + 1)]
             if b == 0:
                 fine.append(0.0)
             where.append(len(fine) - 1)
