@@ -417,7 +417,7 @@ def test_the_library_never_imports_the_runner():
 
 def test_dp_refuses_seed_restarting_options_for_a_stochastic_sampler():
     """With cost=gits or history=none every one-step extension restarts the seeds' noise, so the DP's cost is not
-    the stochastic sampler's error (euler_ancestral: 4.07 vs 4.03 real, measured in the ls-samplers review); both
+    the stochastic sampler's error (euler_ancestral: 4.07 vs 4.03 real, measured); both
     are refused before any model call, and cost=oss history=exact still runs."""
     from optsample.learned_schedules.learn import learn
     from optsample.models import GaussianMixture

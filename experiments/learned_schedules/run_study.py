@@ -61,7 +61,7 @@ LEARNED = {
     "dp": ("dp", {}, (), None),
     "gradient": ("gradient", {"iters": 60}, (), None),
     "optuna": ("optuna", {}, (), None),
-    # ls-target's improved descent (results/learned_schedules/target): 1024 tuning samples (768 train, 256
+    # the improved descent of (results/learned_schedules/target): 1024 tuning samples (768 train, 256
     # validation) in mini-batches of 256, 100 steps, cosine lr, restarts from Karras rho {3, 7} x sigma_min
     # {0.002, 0.05} and from this cell's dp and optuna schedules; the best start on validation is kept. (With
     # 64 samples it overfits: gmm64 dpmpp_2m NFE 5, tuning RMSE 0.092, held-out 0.657.)
