@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from optsample.models import DenoiserAsDiscreteEps, DiscreteVPDenoiser, GaussianMixture
@@ -85,3 +87,17 @@ class BrownianTreeNoiseSampler:
     def __call__(self, sigma, sigma_next):
         t0, t1 = self.transform(torch.as_tensor(sigma)), self.transform(torch.as_tensor(sigma_next))
         return self.tree(t0, t1) / (t1 - t0).abs().sqrt()
+
+
+def cli(*args) -> int:
+    """optsample-run in this process; returns the exit code (0 when main returns)."""
+    from optsample.runner import app
+
+    old, sys.argv = sys.argv, ["optsample-run", *args]
+    try:
+        app.main()
+        return 0
+    except SystemExit as exit_:
+        return exit_.code
+    finally:
+        sys.argv = old

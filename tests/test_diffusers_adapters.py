@@ -9,7 +9,6 @@ is x = x_VP * sqrt(sigma^2 + 1) (optsample/models/wrappers.py), and Euler's x_T 
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
@@ -25,7 +24,7 @@ from optsample.integrations.diffusers.adapters import (
 )
 from optsample.integrations.diffusers.prompts import coco_captions, load_prompts, prompt_conditioning
 
-from helpers import SCHEDULER_KWARGS
+from helpers import SCHEDULER_KWARGS, cli
 from tiny_pipeline import save_tiny_clip, tiny_stable_diffusion
 
 TOL = 1e-4  # max abs diff, float32
@@ -228,19 +227,6 @@ def test_prompt_sets(tmp_path):
 
 # ------------------------------------------------------------------------- the runner, end to end
 
-
-def cli(*args) -> int:
-    """optsample-run in this process (as tests/test_run.py); returns the exit code."""
-    from optsample.runner import app as run
-
-    old, sys.argv = sys.argv, ["optsample-run", *args]
-    try:
-        run.main()
-        return 0
-    except SystemExit as exit_:
-        return exit_.code
-    finally:
-        sys.argv = old
 
 
 def test_runner_scores_a_saved_pipeline(tmp_path, monkeypatch):

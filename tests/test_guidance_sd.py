@@ -22,7 +22,7 @@ from optsample.guidance.objectives import blue_loss, colour_loss
 from optsample.integrations.diffusers import guidance_task as sd_guidance
 from optsample.integrations.diffusers.adapters import StableDiffusionDenoiser
 
-from helpers import SCHEDULER_KWARGS
+from helpers import SCHEDULER_KWARGS, cli
 from tiny_pipeline import save_tiny_clip, tiny_stable_diffusion
 
 PROMPTS = ["a photo of a red cat", "a blue dog on the grass"]  # words of tiny_pipeline.TINY_WORDS
@@ -168,18 +168,6 @@ def test_bad_input_gets_one_line_errors(pipe):
 
 # ------------------------------------------------------------------------------------------- the runner
 
-
-def cli(*args) -> int:
-    from optsample.runner import app
-
-    old, sys.argv = sys.argv, ["optsample-run", *args]
-    try:
-        app.main()
-        return 0
-    except SystemExit as exit_:
-        return exit_.code
-    finally:
-        sys.argv = old
 
 
 @pytest.fixture

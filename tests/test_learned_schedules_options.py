@@ -10,6 +10,7 @@ import torch
 import optsample
 from optsample import schedules
 from optsample.models import GaussianMixture
+from test_learned_schedules import CountingModel
 
 F64 = torch.float64
 
@@ -177,15 +178,6 @@ def test_an_init_above_sigma_min_starts_with_that_slack_exactly():
     logits = logits_from_sigmas(init, ends)
     assert torch.allclose(sigmas_from_logits(logits, ends), init, rtol=1e-12, atol=0)
     assert float(torch.softmax(logits, 0)[-1]) == pytest.approx(math.log(100) / math.log(40000), rel=1e-12)
-
-
-class CountingModel:
-    def __init__(self, inner):
-        self.inner, self.calls = inner, 0
-
-    def __call__(self, x, sigma, **extra):
-        self.calls += 1
-        return self.inner(x, sigma, **extra)
 
 
 @pytest.mark.parametrize("method, options, message", [

@@ -13,6 +13,7 @@ import types
 from pathlib import Path
 
 import pytest
+from helpers import cli
 import torch
 import yaml
 from hydra import compose, initialize_config_dir
@@ -94,18 +95,6 @@ def in_tmp(tmp_path, monkeypatch):
     StubLogger.calls, StubLogger.fail = [], False
     return tmp_path
 
-
-def cli(*args) -> int:
-    """optsample-run in this process; returns the exit code (0 when main returns)."""
-    old = sys.argv
-    sys.argv = ["optsample-run", *args]
-    try:
-        R.main()
-        return 0
-    except SystemExit as exit_:
-        return exit_.code
-    finally:
-        sys.argv = old
 
 
 def rows(name="default"):

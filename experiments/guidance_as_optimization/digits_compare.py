@@ -23,7 +23,7 @@ import torch
 
 from optsample.runner import app as R
 from optsample.runner import config as C
-from optsample.samplers import NonFiniteError
+from study import run_resolved  # this folder's study.py (the script's directory is on sys.path)
 
 torch.set_num_threads(1)
 OUT = Path(__file__).resolve().parents[2] / "results" / "guidance_as_optimization"
@@ -53,18 +53,7 @@ def run(task: str, preset: str, lr: float | None, split: dict):
         overrides += [f"task.offset={split['offset']}", f"task.problem_seed={split['problem_seed']}"]
     if lr is not None:
         overrides.append(f"guidance.lr={lr}")
-    cfg = resolved(overrides)
-    plan = R.plan_run(cfg)
-    device = torch.device("cpu")
-    built = R.build_model(R.guidance_tasks.model_config(cfg), device, plan.dtype)
-    sigmas = R.resolve_schedule(plan, built)
-    built, prepared = R.guidance_tasks.prepare(cfg, built, sigmas, plan.hparams)
-    with torch.no_grad():
-        try:
-            samples = R.generate(plan, built, sigmas, device)[0]
-        except NonFiniteError:
-            samples = torch.full((split["n"], 1, 8, 8), math.nan)
-        return R.guidance_tasks.task_metrics(prepared, samples), samples, prepared
+    return run_resolved(resolved(overrides))
 
 
 def score(task: str, metrics: dict) -> tuple:

@@ -186,14 +186,12 @@ def resolved(overrides: list[str]) -> dict:
     return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
 
 
-def run(task: Task, method: str | None, params: dict, split: Split) -> tuple[dict, torch.Tensor, object]:
-    """(task metrics, samples, prepared task) of one run; method None: no guidance. Diverged: NaN samples."""
+def run_resolved(cfg: dict) -> tuple[dict, torch.Tensor, object]:
+    """(task metrics, samples, prepared task) of one resolved runner config with a task, run as the runner's
+    execute does but without its logging or rows (also used by digits_compare.py). Diverged: NaN samples."""
     from optsample.runner import app as R
     from optsample.samplers import NonFiniteError
 
-    overrides = [f"experiment=guidance_study_{task.preset}", f"guidance={method or 'none'}", *split.overrides(task.preset),
-                 *(f"{k}={v!r}" for k, v in params.items())]
-    cfg = resolved(overrides)
     plan = R.plan_run(cfg)
     device = torch.device("cpu")
     built = R.build_model(R.guidance_tasks.model_config(cfg), device, plan.dtype)
@@ -205,6 +203,13 @@ def run(task: Task, method: str | None, params: dict, split: Split) -> tuple[dic
         except NonFiniteError:
             samples = torch.full((cfg["n_samples"], *built.sample_shape), math.nan)
         return R.guidance_tasks.task_metrics(prepared, samples), samples, prepared
+
+
+def run(task: Task, method: str | None, params: dict, split: Split) -> tuple[dict, torch.Tensor, object]:
+    """(task metrics, samples, prepared task) of one run; method None: no guidance. Diverged: NaN samples."""
+    overrides = [f"experiment=guidance_study_{task.preset}", f"guidance={method or 'none'}", *split.overrides(task.preset),
+                 *(f"{k}={v!r}" for k, v in params.items())]
+    return run_resolved(resolved(overrides))
 
 
 def trial_value(task: Task, method: str, params: dict, key: str) -> float:
